@@ -1,0 +1,1 @@
+"""Trainery API process: never imports torch or tensorflow."""

@@ -1,0 +1,114 @@
+"""Chunked blob store in SQL: streamed in and out, never whole in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import transaction
+from app.models import Blob, BlobChunk
+
+
+class BlobMissing(LookupError):
+    """The blob does not exist or was never completed."""
+
+
+class BlobCorrupt(ValueError):
+    """The stored bytes do not hash to the recorded sha256."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    id: str
+    size: int
+    sha256: str
+
+
+def _rechunk(stream: Iterable[bytes], size: int) -> Iterator[bytes]:
+    buffer = bytearray()
+    for piece in stream:
+        buffer += piece
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+class BlobStore:
+    """Writes and reads blobs through short transactions so other writers are never blocked long."""
+
+    def __init__(self, factory: sessionmaker[Session], chunk_bytes: int = 1 << 20) -> None:
+        self._factory = factory
+        self.chunk_bytes = chunk_bytes
+
+    def write(self, stream: Iterable[bytes], *, owner: str, kind: str) -> BlobInfo:
+        """Store the byte stream; the blob becomes visible only after its last chunk and hash."""
+        blob_id = f"blob_{uuid.uuid4().hex}"
+        digest = hashlib.sha256()
+        size = 0
+        with transaction(self._factory) as session:
+            session.add(Blob(id=blob_id, owner=owner, kind=kind, chunk_bytes=self.chunk_bytes))
+        try:
+            for seq, chunk in enumerate(_rechunk(stream, self.chunk_bytes)):
+                digest.update(chunk)
+                size += len(chunk)
+                with transaction(self._factory) as session:
+                    session.add(BlobChunk(blob_id=blob_id, seq=seq, data=chunk))
+            sha = digest.hexdigest()
+            with transaction(self._factory) as session:
+                blob = session.get_one(Blob, blob_id)
+                blob.size, blob.sha256, blob.complete = size, sha, True
+        except BaseException:
+            self.delete(blob_id)
+            raise
+        return BlobInfo(blob_id, size, sha)
+
+    def write_bytes(self, data: bytes, *, owner: str, kind: str) -> BlobInfo:
+        """Store an in-memory payload (a checkpoint, a small model)."""
+        view = memoryview(data)
+        step = self.chunk_bytes
+        return self.write(
+            (bytes(view[i : i + step]) for i in range(0, len(data), step)), owner=owner, kind=kind
+        )
+
+    def info(self, blob_id: str) -> BlobInfo:
+        """Size and hash of a complete blob."""
+        with self._factory() as session:
+            blob = session.get(Blob, blob_id)
+            if blob is None or not blob.complete or blob.sha256 is None:
+                raise BlobMissing(blob_id)
+            return BlobInfo(blob.id, blob.size, blob.sha256)
+
+    def iter_chunks(self, blob_id: str) -> Iterator[bytes]:
+        """Yield the blob's chunks in order, one short query each."""
+        self.info(blob_id)
+        seq = 0
+        while True:
+            with self._factory() as session:
+                data = session.scalar(
+                    select(BlobChunk.data).where(BlobChunk.blob_id == blob_id, BlobChunk.seq == seq)
+                )
+            if data is None:
+                return
+            yield data
+            seq += 1
+
+    def read_bytes(self, blob_id: str, *, verify: bool = True) -> bytes:
+        """The whole blob, checked against its sha256 (for checkpoints, which are loaded whole)."""
+        info = self.info(blob_id)
+        data = b"".join(self.iter_chunks(blob_id))
+        if verify and (len(data) != info.size or hashlib.sha256(data).hexdigest() != info.sha256):
+            raise BlobCorrupt(f"blob {blob_id} does not match its sha256")
+        return data
+
+    def delete(self, blob_id: str) -> None:
+        """Remove a blob and its chunks."""
+        with transaction(self._factory) as session:
+            session.execute(delete(BlobChunk).where(BlobChunk.blob_id == blob_id))
+            session.execute(delete(Blob).where(Blob.id == blob_id))

@@ -1,0 +1,134 @@
+"""Domain errors and the one place that turns them into HTTP responses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.schemas.spec import FIELD_MARK
+
+
+class DomainError(Exception):
+    """Base for errors a service raises; status and code say how the API answers."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, detail: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(DomainError):
+    status_code = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class Conflict(DomainError):
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+class ModelNotReady(Conflict):
+    code = "model_not_ready"
+
+
+class InvalidInput(DomainError):
+    """A request that parsed but cannot be served; detail lists the offending fields."""
+
+    status_code = 422
+    code = "validation_error"
+
+
+def format_path(loc: Sequence[str | int]) -> str:
+    """('model', 'layers', 0, 'units') -> 'model.layers[0].units'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "$"
+
+
+def problem(loc: Sequence[str | int], message: str, kind: str = "value_error") -> dict[str, Any]:
+    """One entry of a 422's detail list."""
+    return {"path": format_path(loc), "loc": list(loc), "message": message, "type": kind}
+
+
+def _strip_union_tags(loc: Sequence[Any]) -> list[str | int]:
+    # A discriminated union adds the tag value to the path: layers.0.conv2d.filters.
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if i > 0 and isinstance(loc[i - 1], int) and isinstance(part, str) and i + 1 < len(loc):
+            if part in _LAYER_TAGS:
+                continue
+        out.append(part)
+    return out
+
+
+_LAYER_TAGS = {
+    "dense", "conv2d", "maxpool2d", "avgpool2d", "global_avgpool", "flatten", "dropout",
+    "batchnorm", "activation", "residual",
+}
+
+
+def validation_problems(errors: Iterable[Any], strip_prefix: str | None = None) -> list[dict[str, Any]]:
+    """Pydantic errors -> our detail list, with field paths and readable messages."""
+    problems = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        if strip_prefix and loc and loc[0] == strip_prefix:
+            loc = loc[1:]
+        loc = _strip_union_tags(loc)
+        message = str(err.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ")
+        if message.startswith(FIELD_MARK):
+            field, _, message = message[1:].partition(FIELD_MARK)
+            loc = [*loc, *(int(p) if p.isdigit() else p for p in field.split("."))]
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field; remove it (check the spelling against the spec reference)"
+        elif err.get("type") == "missing":
+            message = "this field is required"
+        problems.append(problem(loc, message, str(err.get("type", "value_error"))))
+    return problems
+
+
+def _error_response(status: int, code: str, detail: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": code, "detail": detail})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every error into {"error", "detail"}."""
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return _error_response(exc.status_code, exc.code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(422, "validation_error",
+                               validation_problems(exc.errors(), strip_prefix="body"))
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return _error_response(422, "validation_error", validation_problems(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(exc.status_code, code, exc.detail)

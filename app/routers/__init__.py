@@ -1,0 +1,1 @@
+"""HTTP routes: parse input, call a service, shape the output."""

@@ -1,0 +1,159 @@
+"""/v1/jobs: submit, poll, follow and download."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.broker import send_wakeup
+from app.db import transaction
+from app.deps import BlobStoreDep, CeleryDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
+from app.errors import ModelNotReady
+from app.models import JobStatus
+from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
+from app.schemas.spec import JobSpec
+from app.services import jobs as job_service
+from app.services import lifecycle
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def submit_job(spec: JobSpec, response: Response, factory: SessionFactoryDep,
+               settings: SettingsDep, celery: CeleryDep, owner: OwnerDep,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
+    """Store the job, then (after the commit) wake a worker."""
+    with transaction(factory) as session:
+        job, created = job_service.submit(session, spec, owner=owner, limits=settings.limits,
+                                          idempotency_key=idempotency_key)
+    if created and not send_wakeup(celery, settings, job.id, job.queue):
+        with transaction(factory) as session:
+            lifecycle.add_event(session, job.id, "broker unreachable at submit; the job stays "
+                                "queued and is sent again when a worker reconciles")
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    with factory() as session:
+        return job_service.to_public(session, job_service.get_job(session, job.id, owner))
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(session: SessionDep, owner: OwnerDep, status: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50,
+              cursor: str | None = None) -> JobsPublic:
+    """Jobs newest first, a page at a time."""
+    page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
+                                              cursor=cursor)
+    return JobsPublic(data=[job_service.to_public(session, j) for j in page],
+                      next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
+    return job_service.to_public(session, job_service.get_job(session, job_id, owner))
+
+
+@router.get("/{job_id}/metrics")
+def get_metrics(job_id: str, session: SessionDep, owner: OwnerDep) -> list[dict[str, Any]]:
+    """The per-epoch series."""
+    return job_service.metrics(session, job_service.get_job(session, job_id, owner))
+
+
+def _event_public(event: Any) -> EventPublic:
+    return EventPublic.model_validate(event, from_attributes=True)
+
+
+@router.get("/{job_id}/events", response_model=list[EventPublic])
+def get_events(job_id: str, request: Request, factory: SessionFactoryDep, owner: OwnerDep,
+               after: Annotated[int, Query(ge=0)] = 0,
+               last_event_id: Annotated[str | None, Header()] = None) -> Any:
+    """State changes and log lines in order; `Accept: text/event-stream` follows them live."""
+    with factory() as session:
+        job = job_service.get_job(session, job_id, owner)
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            return [_event_public(e) for e in job_service.events(session, job, after)]
+    start = after
+    if last_event_id and last_event_id.isdigit():
+        start = max(start, int(last_event_id))
+    return StreamingResponse(_event_stream(factory, job_id, owner, start, request),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _poll_events(factory: sessionmaker[Session], job_id: str, owner: str,
+                 after: int) -> tuple[list[EventPublic], bool]:
+    # A short session per poll: an idle follower holds no database connection.
+    with factory() as session:
+        job = job_service.get_job(session, job_id, owner)
+        batch = [_event_public(e) for e in job_service.events(session, job, after)]
+        return batch, JobStatus(job.status).is_terminal
+
+
+async def _event_stream(factory: sessionmaker[Session], job_id: str, owner: str, after: int,
+                        request: Request) -> AsyncIterator[str]:
+    idle = 0.0
+    while True:
+        batch, finished = await run_in_threadpool(_poll_events, factory, job_id, owner, after)
+        for event in batch:
+            after = event.id
+            yield f"id: {event.id}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
+        if batch:
+            idle = 0.0
+        if finished and not batch:
+            yield "event: end\ndata: {}\n\n"
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(SSE_POLL_S)
+        idle += SSE_POLL_S
+        if idle >= SSE_KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic])
+def get_checkpoints(job_id: str, session: SessionDep, owner: OwnerDep) -> list[CheckpointPublic]:
+    """The kept checkpoints, oldest first."""
+    job = job_service.get_job(session, job_id, owner)
+    return [CheckpointPublic(epoch=c.epoch, attempt=c.attempt, size=b.size, sha256=b.sha256 or "",
+                             metrics=c.metrics, created_at=c.created_at)
+            for c, b in job_service.checkpoints(session, job)]
+
+
+@router.get("/{job_id}/model")
+def download_model(job_id: str, session: SessionDep, owner: OwnerDep, blobs: BlobStoreDep,
+                   format: str | None = None,
+                   if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """Stream the trained model; ETag is its sha256."""
+    job = job_service.get_job(session, job_id, owner)
+    artifact, blob = job_service.model_artifact(session, job, format)
+    etag = f'"{blob.sha256}"'
+    headers = {"ETag": etag, "Content-Length": str(blob.size),
+               "Content-Disposition": f'attachment; filename="{artifact.filename}"'}
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return StreamingResponse(blobs.iter_chunks(blob.id), media_type=artifact.media_type,
+                             headers=headers)
+
+
+@router.get("/{job_id}/model/card")
+def model_card(job_id: str, session: SessionDep, owner: OwnerDep) -> JSONResponse:
+    """What the trained model takes and returns, how it was trained, how well it did."""
+    job = job_service.get_job(session, job_id, owner)
+    if job.status != JobStatus.SUCCEEDED.value or job.model_card is None:
+        raise ModelNotReady(f"job {job.id} is {job.status}; the model card is ready once it "
+                            "has succeeded")
+    card = {**job.model_card, "job_id": job.id, "spec": job.spec, "final_metrics": job.metrics,
+            "best": job.best,
+            "formats": list(job_service.FORMATS[job.framework])}
+    return JSONResponse(card)

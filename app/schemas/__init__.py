@@ -1,0 +1,1 @@
+"""Pydantic schemas, apart from the ORM models."""

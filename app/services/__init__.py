@@ -1,0 +1,1 @@
+"""Services: the rules of the domain; routes and tasks call these."""

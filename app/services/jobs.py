@@ -1,0 +1,225 @@
+"""Job submission and queries: the rules routes rely on, with SQL beside the models."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.catalog import BUILTIN_DATASETS
+from app.errors import InvalidInput, JobNotFound, ModelNotReady, NotFound, problem
+from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent, JobStatus
+from app.schemas.jobs import JobError, JobPublic, Progress
+from app.schemas.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
+from app.services import lifecycle
+from app.settings import Limits
+
+DEFAULT_QUEUE = "default"
+
+
+class IdempotencyMismatch(InvalidInput):
+    status_code = 409
+    code = "idempotency_key_reused"
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex[:24]}"
+
+
+def check_limits(spec: JobSpec, limits: Limits) -> None:
+    """Raise InvalidInput listing every field over the service's limits."""
+    problems: list[dict[str, Any]] = []
+
+    def over(loc: tuple[str | int, ...], value: int, cap: int, what: str) -> None:
+        if value > cap:
+            problems.append(problem(loc, f"{what} is {value}; this service allows at most {cap}",
+                                    "limit_exceeded"))
+
+    over(("training", "epochs"), spec.training.epochs, limits.max_epochs, "epochs")
+    over(("training", "batch_size"), spec.training.batch_size, limits.max_batch_size, "batch_size")
+    over(("resources", "max_runtime_s"), spec.resources.max_runtime_s, limits.max_runtime_s,
+         "max_runtime_s")
+    if spec.model.layers is not None:
+        over(("model", "layers"), len(spec.model.layers), limits.max_layers, "the layer count")
+        for i, layer in enumerate(spec.model.layers):
+            if isinstance(layer, DenseLayer):
+                over(("model", "layers", i, "units"), layer.units, limits.max_units, "units")
+            elif isinstance(layer, (Conv2DLayer, ResidualLayer)):
+                over(("model", "layers", i, "filters"), layer.filters, limits.max_units, "filters")
+    ds = spec.dataset
+    if ds.is_synthetic and ds.n_samples is not None and ds.sample_shape is not None:
+        over(("dataset", "n_samples"), ds.n_samples, limits.max_synthetic_samples, "n_samples")
+        elements = 1
+        for d in ds.sample_shape:
+            elements *= d
+        over(("dataset", "sample_shape"), elements, limits.max_sample_elements,
+             "the number of values per sample")
+    if problems:
+        raise InvalidInput(problems)
+
+
+def submit(session: Session, spec: JobSpec, *, owner: str, limits: Limits,
+           idempotency_key: str | None) -> tuple[Job, bool]:
+    """Store a new queued job; (job, created). A repeated idempotency key returns the first job."""
+    check_limits(spec, limits)
+    spec_json = spec.model_dump(mode="json", exclude_none=True)
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            return _replay(existing, spec_json), False
+    job = Job(id=new_job_id(), owner=owner, name=spec.name, framework=spec.framework,
+              priority=spec.priority, queue=spec.resources.queue or DEFAULT_QUEUE,
+              spec=spec_json, idempotency_key=idempotency_key, attempt=0,
+              progress_epoch=0, progress_epochs=spec.training.epochs)
+    try:
+        with session.begin_nested():
+            lifecycle.create_job(session, job)
+    except IntegrityError:
+        # Another request with the same key won the race; answer with its job.
+        existing = _by_idempotency_key(session, owner, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, spec_json), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def _replay(job: Job, spec_json: dict[str, Any]) -> Job:
+    if job.spec != spec_json:
+        raise IdempotencyMismatch(
+            f"Idempotency-Key was first used for job {job.id} with a different spec; "
+            "use a new key for a new job")
+    return job
+
+
+def get_job(session: Session, job_id: str, owner: str) -> Job:
+    """The job, or JobNotFound."""
+    job = session.get(Job, job_id)
+    if job is None or job.owner != owner:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidInput([problem(("cursor",), "not a cursor this API returned")]) from exc
+
+
+def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
+              cursor: str | None) -> tuple[list[Job], str | None]:
+    """A page of jobs, newest first, and the cursor of the next page."""
+    stmt = select(Job).where(Job.owner == owner)
+    if status is not None:
+        if status not in {s.value for s in JobStatus}:
+            raise InvalidInput([problem(("status",), f"unknown status {status!r}; choose one of "
+                                        + ", ".join(s.value for s in JobStatus))])
+        stmt = stmt.where(Job.status == status)
+    if cursor is not None:
+        created, job_id = _decode_cursor(cursor)
+        stmt = stmt.where(or_(Job.created_at < created,
+                              and_(Job.created_at == created, Job.id < job_id)))
+    jobs = list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc())
+                                .limit(limit + 1)))
+    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def pending_reason(session: Session, job: Job) -> str | None:
+    """Why a queued job is waiting, in words."""
+    if job.status != JobStatus.QUEUED.value:
+        return None
+    ahead = session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.queue == job.queue, Job.status == JobStatus.QUEUED.value, Job.id != job.id,
+            or_(Job.priority > job.priority,
+                and_(Job.priority == job.priority, Job.created_at <= job.created_at))))
+    running = session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.queue == job.queue, Job.status.in_(lifecycle.LIVE)))
+    return (f"{ahead} job(s) ahead in queue {job.queue}; {running} running; "
+            "waiting for a free worker")
+
+
+def to_public(session: Session, job: Job) -> JobPublic:
+    """The job as the API shows it."""
+    error = (JobError(type=job.error_type, message=job.error_message or "")
+             if job.error_type else None)
+    return JobPublic(
+        id=job.id, name=job.name, framework=job.framework, status=job.status,
+        attempt=job.attempt, worker=job.worker, priority=job.priority,
+        created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
+        finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
+        progress=Progress(epoch=job.progress_epoch, epochs=job.progress_epochs),
+        metrics=job.metrics, best=job.best, error=error,
+        pending_reason=pending_reason(session, job), spec=job.spec)
+
+
+def metrics(session: Session, job: Job) -> list[dict[str, Any]]:
+    """One row per epoch, in order."""
+    rows = session.scalars(select(EpochMetrics).where(EpochMetrics.job_id == job.id)
+                           .order_by(EpochMetrics.epoch))
+    return [{"epoch": r.epoch, **r.values} for r in rows]
+
+
+def events(session: Session, job: Job, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
+    """The job's events after after_id, oldest first."""
+    return list(session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.id > after_id)
+        .order_by(JobEvent.id).limit(limit)))
+
+
+def checkpoints(session: Session, job: Job) -> list[tuple[Checkpoint, Blob]]:
+    """The job's complete checkpoints, oldest first."""
+    rows = session.execute(
+        select(Checkpoint, Blob).join(Blob, Blob.id == Checkpoint.blob_id)
+        .where(Checkpoint.job_id == job.id, Blob.complete.is_(True))
+        .order_by(Checkpoint.epoch, Checkpoint.id))
+    return [(c, b) for c, b in rows.tuples()]
+
+
+DEFAULT_FORMAT = {"pytorch": "torchscript", "keras": "keras"}
+FORMATS = {"pytorch": ("torchscript", "state_dict", "onnx"), "keras": ("keras", "onnx")}
+
+
+def model_artifact(session: Session, job: Job, fmt: str | None) -> tuple[Artifact, Blob]:
+    """The stored model of a succeeded job in format fmt."""
+    fmt = fmt or DEFAULT_FORMAT[job.framework]
+    if fmt not in FORMATS[job.framework]:
+        raise InvalidInput([problem(("format",), f"{job.framework} jobs export "
+                                    + ", ".join(FORMATS[job.framework]) + f", not {fmt!r}")])
+    if job.status != JobStatus.SUCCEEDED.value:
+        raise ModelNotReady(f"job {job.id} is {job.status}; the model is ready once it has "
+                            "succeeded")
+    row = session.execute(
+        select(Artifact, Blob).join(Blob, Blob.id == Artifact.blob_id)
+        .where(Artifact.job_id == job.id, Artifact.format == fmt, Blob.complete.is_(True))
+    ).tuples().one_or_none()
+    if row is None:
+        raise NotFound(f"job {job.id} has no {fmt} export")
+    return row
+
+
+def builtin_dataset_info(name: str) -> dict[str, Any]:
+    d = BUILTIN_DATASETS[name]
+    return {"id": d.name, "name": d.name, "source": "builtin", "task": d.task,
+            "n_samples": d.n_samples, "sample_shape": list(d.sample_shape),
+            "num_classes": d.num_classes or None, "description": d.description}

@@ -1,0 +1,159 @@
+"""Every job state transition, as a compare-and-set update plus an event, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.models import EpochMetrics, Job, JobEvent, JobStatus, utcnow
+
+S = JobStatus
+
+# from -> allowed targets. Anything else is a bug or a race lost, never done.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+}
+
+# Runner-side writes are fenced by (status in LIVE, attempt): a runner whose
+# attempt was superseded can no longer touch the job.
+LIVE = (S.RUNNING.value, S.CANCELLING.value)
+
+
+class TransitionRejected(Exception):
+    """The CAS found the job in another state (or another attempt) than expected."""
+
+
+def add_event(session: Session, job_id: str, message: str, *, kind: str = "log", attempt: int = 0,
+              data: dict[str, Any] | None = None, from_status: str | None = None,
+              to_status: str | None = None) -> None:
+    """Append one event to the job's history."""
+    session.add(JobEvent(job_id=job_id, kind=kind, attempt=attempt, message=message, data=data,
+                         from_status=from_status, to_status=to_status, ts=utcnow()))
+
+
+def transition(session: Session, job_id: str, from_states: Iterable[JobStatus], to: JobStatus,
+               reason: str, *, expect_attempt: int | None = None,
+               data: dict[str, Any] | None = None, **values: Any) -> bool:
+    """Move job_id to `to` if it is in one of from_states (and at expect_attempt); True if moved."""
+    sources = [s for s in from_states if to in TRANSITIONS[s]]
+    if not sources:
+        raise ValueError(f"no legal transition from {list(from_states)} to {to}")
+    current = session.execute(
+        select(Job.status, Job.attempt).where(Job.id == job_id)
+    ).one_or_none()
+    if current is None:
+        return False
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([s.value for s in sources]))
+        .values(status=to.value, updated_at=now, **values)
+    )
+    if expect_attempt is not None:
+        stmt = stmt.where(Job.attempt == expect_attempt)
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id, reason, kind="state", attempt=values.get("attempt", current.attempt),
+              from_status=current.status, to_status=to.value, data=data)
+    return True
+
+
+def create_job(session: Session, job: Job) -> Job:
+    """Insert a new queued job and its first event."""
+    job.status = S.QUEUED.value
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "job submitted", kind="state", to_status=S.QUEUED.value)
+    return job
+
+
+def claim(session: Session, job_id: str, worker: str) -> int | None:
+    """queued -> running for this worker; the new attempt number, or None if someone else has it."""
+    attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+    if attempt is None:
+        return None
+    now = utcnow()
+    moved = transition(session, job_id, [S.QUEUED], S.RUNNING, f"claimed by {worker}",
+                       expect_attempt=attempt, data={"worker": worker}, worker=worker,
+                       started_at=now, heartbeat_at=now, attempt=attempt + 1,
+                       error_type=None, error_message=None, finished_at=None)
+    return attempt + 1 if moved else None
+
+
+def heartbeat(session: Session, job_id: str, attempt: int) -> str | None:
+    """Record that the attempt is alive; the job's status, or None if the attempt is superseded."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(LIVE))
+        .values(heartbeat_at=utcnow())
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def succeed(session: Session, job_id: str, attempt: int, reason: str = "training finished") -> bool:
+    """running -> succeeded."""
+    return transition(session, job_id, [S.RUNNING, S.CANCELLING], S.SUCCEEDED, reason,
+                      expect_attempt=attempt, finished_at=utcnow())
+
+
+def fail(session: Session, job_id: str, attempt: int, error_type: str, message: str,
+         data: dict[str, Any] | None = None) -> bool:
+    """running -> failed, with the cause."""
+    return transition(session, job_id, [S.RUNNING, S.CANCELLING], S.FAILED,
+                      f"{error_type}: {message}", expect_attempt=attempt, data=data,
+                      finished_at=utcnow(), error_type=error_type, error_message=message)
+
+
+def record_epoch(session: Session, job_id: str, attempt: int, epoch: int, epochs: int,
+                 values: dict[str, float], best: dict[str, Any] | None) -> bool:
+    """Store one epoch's metrics (replacing a row a lost attempt wrote) and the job's progress."""
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(LIVE))
+        .values(progress_epoch=epoch, progress_epochs=epochs, metrics=values, best=best,
+                updated_at=utcnow(), heartbeat_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
+    if moved != 1:
+        return False
+    row = session.get(EpochMetrics, (job_id, epoch))
+    if row is None:
+        session.add(EpochMetrics(job_id=job_id, epoch=epoch, values=values, attempt=attempt))
+    else:
+        row.values, row.attempt = values, attempt
+    add_event(session, job_id, f"epoch {epoch}/{epochs}", kind="metrics", attempt=attempt,
+              data={"epoch": epoch, **values})
+    return True
+
+
+def is_live(session: Session, job_id: str, attempt: int) -> bool:
+    """Whether attempt still owns the job (the fencing check before a runner-side write)."""
+    return session.scalar(
+        select(Job.id).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(LIVE))
+    ) is not None
+
+
+
+def claim_next(session: Session, queue: str, worker: str) -> tuple[str, int] | None:
+    """Claim the most urgent queued job of queue: (job id, attempt), or None if none is left.
+
+    A broker message only says "something waits in this queue"; which job runs
+    next is decided here, by priority then age, so SQL order is the only order.
+    """
+    candidates = session.scalars(
+        select(Job.id).where(Job.queue == queue, Job.status == S.QUEUED.value)
+        .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(8))
+    for job_id in list(candidates):
+        attempt = claim(session, job_id, worker)
+        if attempt is not None:
+            return job_id, attempt
+    return None

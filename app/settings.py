@@ -1,0 +1,59 @@
+"""The one settings object, read from TRAINERY_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+class Limits(BaseSettings):
+    """Caps on what one job spec may ask for, so one request cannot take the service down."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINERY_LIMIT_", extra="ignore")
+
+    max_epochs: int = Field(1000, ge=1)
+    max_layers: int = Field(64, ge=1)
+    max_units: int = Field(8192, ge=1)
+    max_batch_size: int = Field(65536, ge=1)
+    max_runtime_s: int = Field(7 * 24 * 3600, ge=1)
+    max_synthetic_samples: int = Field(1_000_000, ge=1)
+    max_sample_elements: int = Field(1_000_000, ge=1)
+
+
+class Settings(BaseSettings):
+    """Service settings; validated once at start."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINERY_", extra="ignore")
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = ""
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix for the Celery queue names, so that several deployments (or test
+    # runs) can share one Redis without taking each other's jobs.
+    queue_prefix: str = "trainery"
+    default_owner: str = "default"
+
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    blob_chunk_bytes: int = Field(1 << 20, ge=1024)
+    db_pool_size: int = Field(5, ge=1)
+    worker_name: str = ""
+    runner_python: str = ""
+
+    limits: Limits = Field(default_factory=Limits)
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL; an SQLite file under data_dir when none is set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'trainery.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install Trainery into ./.venv: torch first (so a CPU-only box takes the CPU wheel
+# that pip finds locally and a CUDA box takes the CUDA one), then the project.
+#   scripts/setup.sh            the service with the PyTorch runner
+#   scripts/setup.sh test       plus Keras/TensorFlow and the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+want=${1:-run}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PY --version)"
+    "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+stamp=".venv/.trainery-$want-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ]; then
+    echo "setup: .venv is up to date for '$want'"
+    exit 0
+fi
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+    # 2.13.0 is the release this project is tested with; pip picks the build
+    # (CPU or CUDA) the machine's indexes offer.
+    python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4,<2.15"
+fi
+extras="torch"
+[ "$want" = "test" ] && extras="torch,keras,dev"
+python -m pip install -q -e ".[$extras]"
+touch "$stamp"
+echo "setup: installed trainery[$extras]"

@@ -1,0 +1,1 @@
+"""Trainery workers: the Celery app, the supervisor task and the training runners."""

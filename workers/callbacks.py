@@ -1,0 +1,204 @@
+"""The training loop's side effects as callbacks, shared by every framework's trainer.
+
+A trainer calls the hooks in a fixed order; metrics travel in one `logs` dict whose
+keys are the same in both frameworks (loss, accuracy|mae, val_*, lr, epoch_time_s).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Protocol
+
+from app.schemas.spec import EarlyStoppingSpec, JobSpec
+from workers.reporting import JobReporter
+
+Logs = dict[str, float]
+
+
+class Trainer(Protocol):
+    """What a callback may ask of the trainer that runs it."""
+
+    stop_training: bool
+    epochs: int
+
+    def checkpoint_bytes(self, epoch: int) -> bytes: ...
+
+    def snapshot_weights(self) -> Any: ...
+
+    def restore_weights(self, snapshot: Any) -> None: ...
+
+
+class Callback:
+    """Hooks a trainer calls; `epoch` is the number of epochs completed (1-based) at epoch end."""
+
+    name = "callback"
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_batch_end(self, trainer: Trainer, batch: int) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, logs: Logs) -> None: ...
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must hold for this callback to resume."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+class CallbackList(Callback):
+    """Calls each callback in order."""
+
+    def __init__(self, callbacks: list[Callback]) -> None:
+        self.callbacks = callbacks
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        for cb in self.callbacks:
+            cb.on_train_begin(trainer)
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_begin(trainer, epoch)
+
+    def on_batch_end(self, trainer: Trainer, batch: int) -> None:
+        for cb in self.callbacks:
+            cb.on_batch_end(trainer, batch)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(trainer, epoch, logs)
+
+    def on_train_end(self, trainer: Trainer, logs: Logs) -> None:
+        for cb in self.callbacks:
+            cb.on_train_end(trainer, logs)
+
+    def state(self) -> dict[str, Any]:
+        return {cb.name: cb.state() for cb in self.callbacks}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.load_state(state.get(cb.name, {}))
+
+
+class BestTracker(Callback):
+    """Remembers the best value of the monitored metric (the job's `best`)."""
+
+    name = "best"
+
+    def __init__(self, monitor: str, mode: str) -> None:
+        self.monitor, self.mode = monitor, mode
+        self.best: dict[str, Any] | None = None
+
+    def improved(self, value: float, min_delta: float = 0.0) -> bool:
+        if self.best is None:
+            return math.isfinite(value)
+        ref = float(self.best["value"])
+        return value < ref - min_delta if self.mode == "min" else value > ref + min_delta
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        value = logs.get(self.monitor)
+        if value is not None and self.improved(value):
+            self.best = {"epoch": epoch, "monitor": self.monitor, "value": value,
+                         "metrics": dict(logs)}
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+
+
+class EarlyStopping(Callback):
+    """Stops when the monitored metric has not improved for `patience` epochs."""
+
+    name = "early_stopping"
+
+    def __init__(self, spec: EarlyStoppingSpec, reporter: JobReporter) -> None:
+        self.spec = spec
+        self.reporter = reporter
+        self.tracker = BestTracker(spec.monitor, spec.resolved_mode)
+        self.wait = 0
+        self.best_weights: Any = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        value = logs.get(self.spec.monitor)
+        if value is None:
+            return
+        if self.tracker.improved(value, self.spec.min_delta):
+            self.tracker.on_epoch_end(trainer, epoch, logs)
+            self.wait = 0
+            if self.spec.restore_best:
+                self.best_weights = trainer.snapshot_weights()
+            return
+        self.wait += 1
+        if self.wait >= self.spec.patience:
+            trainer.stop_training = True
+            self.reporter.event(f"early stopping at epoch {epoch}: {self.spec.monitor} has not "
+                                f"improved for {self.wait} epochs")
+
+    def on_train_end(self, trainer: Trainer, logs: Logs) -> None:
+        if self.spec.restore_best and self.best_weights is not None:
+            trainer.restore_weights(self.best_weights)
+            self.reporter.event("restored the weights of the best epoch "
+                                f"{(self.tracker.best or {}).get('epoch')}")
+
+    def state(self) -> dict[str, Any]:
+        return {"wait": self.wait, "best": self.tracker.best}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.wait = int(state.get("wait", 0))
+        self.tracker.best = state.get("best")
+
+
+class MetricsReporter(Callback):
+    """Writes each epoch's logs, the progress and the best metric to SQL."""
+
+    name = "metrics"
+
+    def __init__(self, reporter: JobReporter, tracker: BestTracker) -> None:
+        self.reporter, self.tracker = reporter, tracker
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        self.reporter.record_epoch(epoch, trainer.epochs, logs, self.tracker.best)
+
+
+class Checkpointer(Callback):
+    """Saves a full checkpoint every N epochs (and at the last) and keeps the newest K."""
+
+    name = "checkpointer"
+
+    def __init__(self, reporter: JobReporter, every_epochs: int, keep_last: int) -> None:
+        self.reporter, self.every, self.keep_last = reporter, every_epochs, keep_last
+        self.seconds = 0.0
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        last = epoch == trainer.epochs or trainer.stop_training
+        if epoch % self.every and not last:
+            return
+        start = time.perf_counter()
+        self.reporter.save_checkpoint(epoch, trainer.checkpoint_bytes(epoch), logs,
+                                      keep_last=self.keep_last)
+        self.seconds += time.perf_counter() - start
+
+
+def standard_callbacks(spec: JobSpec, reporter: JobReporter,
+                       has_validation: bool) -> tuple[CallbackList, BestTracker]:
+    """The callbacks every job runs, in the order their effects depend on."""
+    if spec.training.early_stopping is not None:
+        monitor, mode = spec.training.early_stopping.monitor, spec.training.early_stopping.resolved_mode
+    else:
+        metric = spec.metric_names()[1] if len(spec.metric_names()) > 1 else "loss"
+        monitor = f"val_{metric}" if has_validation else metric
+        mode = "max" if metric == "accuracy" else "min"
+    tracker = BestTracker(monitor, mode)
+    callbacks: list[Callback] = [tracker]
+    if spec.training.early_stopping is not None:
+        callbacks.append(EarlyStopping(spec.training.early_stopping, reporter))
+    callbacks += [MetricsReporter(reporter, tracker),
+                  Checkpointer(reporter, spec.checkpoint.every_epochs, spec.checkpoint.keep_last)]
+    return CallbackList(callbacks), tracker

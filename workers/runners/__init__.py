@@ -1,0 +1,1 @@
+"""One runner per framework; a runner process imports exactly one of them."""
