@@ -10,12 +10,14 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITE_OPTION = "trainery_write"
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    # pysqlite opens transactions lazily and as DEFERRED, which can fail with
-    # "database is locked" when two processes upgrade a read to a write at
-    # once. We take over BEGIN and make every transaction IMMEDIATE.
+    # pysqlite's own transaction handling is off; we emit BEGIN ourselves.
+    # Reads begin DEFERRED (WAL lets them run beside a writer). Units of work
+    # from transaction() begin IMMEDIATE: they take the write lock up front, so
+    # a read-then-write can never fail half-way with "database is locked".
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
@@ -28,7 +30,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -47,6 +50,7 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on error."""
+    """One unit of work that writes: commit on success, roll back on error."""
     with factory() as session, session.begin():
+        session.connection(execution_options={WRITE_OPTION: True})
         yield session
