@@ -32,6 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2,
                                    "interval_step": 0.5, "interval_max": 1},
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     )
     return celery
 

@@ -90,6 +90,8 @@ class Job(Base):
     framework: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts that ended because the worker vanished (a graceful hand-back is not one).
+    lost_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     priority: Mapped[int] = mapped_column(Integer, default=0)
     queue: Mapped[str] = mapped_column(String(100))
     worker: Mapped[str | None] = mapped_column(String(200))
@@ -100,6 +102,8 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    # When a wake-up for this job was last sent to the broker.
+    enqueued_at: Mapped[datetime | None]
     progress_epoch: Mapped[int] = mapped_column(Integer, default=0)
     progress_epochs: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -111,6 +115,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
     )
 
 

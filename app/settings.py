@@ -33,12 +33,26 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str = ""
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # Redis redelivers a message not acknowledged within this time, even while
+    # its job still runs; the claim in SQL makes that redelivery harmless.
+    broker_visibility_timeout_s: float = Field(3600.0, gt=0)
     # Prefix for the Celery queue names, so that several deployments (or test
     # runs) can share one Redis without taking each other's jobs.
     queue_prefix: str = "trainery"
     default_owner: str = "default"
 
     heartbeat_interval_s: float = Field(2.0, gt=0)
+    # A running job whose heartbeat is older than this lost its worker.
+    worker_lost_after_s: float = Field(30.0, gt=0)
+    # Worker losses a job may suffer before it fails with worker_lost.
+    max_attempts: int = Field(3, ge=1)
+    # An idle worker re-sends the wake-up of a job queued longer than this.
+    reconcile_after_s: float = Field(15.0, gt=0)
+    maintenance_interval_s: float = Field(2.0, gt=0)
+    # How long a runner gets to stop at a batch boundary before it is killed.
+    stop_grace_s: float = Field(20.0, gt=0)
+    # Test-only fault injection for the runner, e.g. "segfault@2" (see docs).
+    fault_injection: str = ""
     blob_chunk_bytes: int = Field(1 << 20, ge=1024)
     db_pool_size: int = Field(5, ge=1)
     worker_name: str = ""

@@ -37,7 +37,7 @@ echo "run: database = ${TRAINERY_DATABASE_URL:-sqlite file $TRAINERY_DATA_DIR/tr
 
 alembic upgrade head
 celery -A workers.celery_app worker -Q "${TRAINERY_QUEUE_PREFIX:-trainery}.default" \
-    --concurrency 1 --prefetch-multiplier 1 -O fair --without-gossip --without-mingle \
+    --pool solo --concurrency 1 --prefetch-multiplier 1 --without-gossip --without-mingle \
     -n "cpu0@%h" --loglevel INFO &
 worker=$!
 trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT

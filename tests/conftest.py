@@ -10,7 +10,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker
-from tests.harness import Stack, create_postgres_database, drop_postgres_database, migrate
+from tests.harness import (
+    RedisServer,
+    Stack,
+    create_postgres_database,
+    drop_postgres_database,
+    migrate,
+)
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -59,3 +65,35 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         s.stop()
         if request.param == "postgres":
             drop_postgres_database(url)
+
+
+# Settings that make fault handling fast enough to test: a worker is lost after
+# 3 s without heartbeat, lost wake-ups are re-sent after 2 s.
+FAST_RECOVERY = {
+    "TRAINERY_WORKER_LOST_AFTER_S": "3",
+    "TRAINERY_MAINTENANCE_INTERVAL_S": "0.5",
+    "TRAINERY_RECONCILE_AFTER_S": "2",
+    "TRAINERY_STOP_GRACE_S": "10",
+}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis this test may kill, restart and flush."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_stack(database_url: str, tmp_path: Path,
+                redis_server: RedisServer) -> Iterator[Stack]:
+    """An API (no worker yet) on a fresh database and a private Redis, for tests that break things."""
+    s = Stack(database_url, tmp_path, broker_url=redis_server.url, extra_env=FAST_RECOVERY)
+    s.redis = redis_server  # type: ignore[attr-defined]
+    try:
+        s.start_api()
+        yield s
+    finally:
+        s.stop()

@@ -111,7 +111,7 @@ class Stack:
         qs = ",".join(f"{self.prefix}.{q}" for q in queues)
         proc = self._spawn(f"worker-{name}", [
             sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", qs,
-            "--concurrency", "1", "--prefetch-multiplier", "1", "-O", "fair",
+            "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
             "--without-gossip", "--without-mingle", "-n", f"{name}@%h", "--loglevel", "INFO",
         ], {**self.env, **(env or {})})
         self.workers[name] = proc
@@ -197,3 +197,45 @@ def plain_python(code: str, cwd: Path, framework_module: str = "torch") -> str:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, which tests may kill and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.data_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def flushall(self) -> None:
+        import redis
+
+        redis.Redis(port=self.port).flushall()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()

@@ -11,6 +11,7 @@ import time
 from typing import Any, Protocol
 
 from app.schemas.spec import EarlyStoppingSpec, JobSpec
+from app.settings import get_settings
 from workers.reporting import JobReporter
 
 Logs = dict[str, float]
@@ -201,4 +202,9 @@ def standard_callbacks(spec: JobSpec, reporter: JobReporter,
         callbacks.append(EarlyStopping(spec.training.early_stopping, reporter))
     callbacks += [MetricsReporter(reporter, tracker),
                   Checkpointer(reporter, spec.checkpoint.every_epochs, spec.checkpoint.keep_last)]
+    faults = get_settings().fault_injection
+    if faults:
+        from workers.faults import FaultInjector, parse
+
+        callbacks.append(FaultInjector(parse(faults, spec.name)))
     return CallbackList(callbacks), tracker

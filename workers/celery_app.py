@@ -1,17 +1,28 @@
-"""The Celery app: `celery -A workers.celery_app worker`."""
+"""The Celery app: `celery -A workers.celery_app worker`.
+
+Each worker process runs one job at a time in its own main thread (solo pool:
+the training happens in a runner subprocess, so a pool child would add nothing
+but a second process to lose), reserves no message beyond the one it runs, and
+acknowledges it only when the job ends.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
 
 from app.broker import make_celery
 from app.settings import get_settings
 
 settings = get_settings()
 app = make_celery(settings)
-app.conf.include = ["workers.tasks"]
+app.conf.update(
+    include=["workers.tasks"],
+    worker_pool="solo",
+    worker_concurrency=1,
+    worker_disable_prefetch=True,
+)
 celery_app = app
 
 _hostname: str | None = None
@@ -19,14 +30,22 @@ _hostname: str | None = None
 
 @celeryd_after_setup.connect
 def _remember_hostname(sender: str, **_: Any) -> None:
-    # Runs in the main process before the pool forks; children inherit it.
     global _hostname
     _hostname = sender
 
 
-@worker_process_init.connect
-def _init_worker_process(**_: Any) -> None:
-    # Engines are built in the process that uses them, after the fork.
+@worker_ready.connect
+def _start_duties(sender: Any, **_: Any) -> None:
     from workers import tasks
 
-    tasks.init_supervisor(_hostname)
+    prefix = f"{settings.queue_prefix}."
+    queues = [q.name.removeprefix(prefix) for q in sender.task_consumer.queues]
+    tasks.start_worker_duties(_hostname, queues)
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    # Called from the signal handler in the main process: only set flags here.
+    from workers import tasks
+
+    tasks.request_shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -9,7 +10,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
-from app.models import Job
+from app.models import Job, JobStatus
 from app.services import lifecycle
 from app.settings import Settings
 from workers import runner as runner_module
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STDERR_TAIL_LINES = 30
-KILL_GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -35,6 +38,7 @@ class RunnerOutcome:
     returncode: int
     result: dict[str, Any]
     stderr_tail: str
+    stopped_for: str | None  # "cancel" | "shutdown" | None
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -55,14 +59,30 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
+def _die_with_parent() -> None:
+    # Runs in the runner child before exec: if the worker is SIGKILLed, the
+    # kernel kills its runner too, so a lost worker never leaves a training
+    # process behind that could race the job's next attempt.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Supervisor:
     """One per worker process; runs one job at a time."""
 
-    def __init__(self, factory: sessionmaker[Session], settings: Settings, worker: str) -> None:
+    def __init__(self, factory: sessionmaker[Session], settings: Settings, worker: str,
+                 send_wake: Callable[[str, str], object]) -> None:
         self.factory, self.settings, self.worker = factory, settings, worker
+        self.send_wake = send_wake
+        self.shutdown = threading.Event()
+        self.current: tuple[str, int] | None = None
+        self.idle_since = time.monotonic()
 
-    def wake(self, job_id: str) -> str | None:
-        """Handle one wake-up: run the most urgent job of job_id's queue; the job run, if any."""
+    def wake(self, job_id: str) -> tuple[str, int] | None:
+        """Handle one wake-up: run the most urgent job of job_id's queue; (job, attempt) run."""
+        if self.shutdown.is_set():
+            return None
         with self.factory() as session:
             queue = session.scalar(select(Job.queue).where(Job.id == job_id))
         if queue is None:
@@ -73,8 +93,13 @@ class Supervisor:
         if claimed is None:
             log.info("wake-up for %s: nothing left to run in queue %s", job_id, queue)
             return None
-        self.supervise(*claimed)
-        return claimed[0]
+        self.current = claimed
+        try:
+            self.supervise(*claimed)
+        finally:
+            self.current = None
+            self.idle_since = time.monotonic()
+        return claimed
 
     def supervise(self, job_id: str, attempt: int) -> None:
         """Run attempt of job_id in a runner subprocess until it ends, then record how."""
@@ -87,24 +112,28 @@ class Supervisor:
                     [self.settings.runner_python or sys.executable, "-m", runner_module.__name__,
                      job_id, str(attempt), str(result_path)],
                     cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
                 log.info("job %s attempt %d: runner pid %d", job_id, attempt, proc.pid)
-                ended = self._watch(proc, job_id, attempt, time.monotonic() + max_runtime)
+                ended, stopped_for = self._watch(proc, job_id, attempt,
+                                                 time.monotonic() + max_runtime)
             if not ended:
                 return
             try:
                 result = json.loads(result_path.read_text())
             except (OSError, ValueError):
                 result = {}
-            self._record(job_id, attempt, RunnerOutcome(proc.returncode, result, _tail(log_path)))
+            self._record(job_id, attempt,
+                         RunnerOutcome(proc.returncode, result, _tail(log_path), stopped_for))
 
     def _watch(self, proc: subprocess.Popen[bytes], job_id: str, attempt: int,
-               deadline: float) -> bool:
-        """Heartbeat until the runner exits; False if the job was taken from us or timed out."""
+               deadline: float) -> tuple[bool, str | None]:
+        """Heartbeat until the runner exits; (False, _) if the job was taken from us or timed out."""
+        stopped_for: str | None = None
+        stop_deadline = float("inf")
         while True:
             try:
                 proc.wait(timeout=self.settings.heartbeat_interval_s)
-                return True
+                return True, stopped_for
             except subprocess.TimeoutExpired:
                 pass
             with transaction(self.factory) as session:
@@ -112,34 +141,54 @@ class Supervisor:
             if status is None:
                 log.warning("job %s attempt %d was superseded; stopping its runner", job_id, attempt)
                 self._kill(proc)
-                return False
+                return False, None
             if time.monotonic() > deadline:
                 self._kill(proc)
                 with transaction(self.factory) as session:
                     lifecycle.fail(session, job_id, attempt, "timeout",
-                                   "the job ran longer than resources.max_runtime_s")
-                return False
+                                   "the job ran longer than resources.max_runtime_s "
+                                   f"({self._max_runtime(job_id):.0f}s)")
+                return False, None
+            if stopped_for is None:
+                if status == JobStatus.CANCELLING.value:
+                    stopped_for = "cancel"
+                elif self.shutdown.is_set():
+                    stopped_for = "shutdown"
+                if stopped_for is not None:
+                    log.info("job %s: asking the runner to stop (%s)", job_id, stopped_for)
+                    proc.send_signal(signal.SIGTERM)
+                    stop_deadline = time.monotonic() + self.settings.stop_grace_s
+            elif time.monotonic() > stop_deadline:
+                log.warning("job %s: runner ignored SIGTERM for %.0fs; killing it", job_id,
+                            self.settings.stop_grace_s)
+                proc.kill()
+
+    def _max_runtime(self, job_id: str) -> float:
+        with self.factory() as session:
+            return float(session.get_one(Job, job_id).spec["resources"]["max_runtime_s"])
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.kill()
+        proc.wait()
 
     def _record(self, job_id: str, attempt: int, outcome: RunnerOutcome) -> None:
         rc, result = outcome.returncode, outcome.result
         data = {"returncode": rc, "stderr_tail": outcome.stderr_tail}
+        handed_back = False
         with transaction(self.factory) as session:
             if rc == runner_module.EXIT_OK and result.get("status") == "ok":
                 lifecycle.succeed(session, job_id, attempt)
             elif rc == runner_module.EXIT_SUPERSEDED:
                 log.info("job %s attempt %d ended superseded", job_id, attempt)
-            elif rc == runner_module.EXIT_STOPPED:
-                lifecycle.fail(session, job_id, attempt, "internal",
-                               f"the runner was stopped ({result.get('message', '')})", data)
+            elif outcome.stopped_for == "cancel":
+                how = ("stopped at a batch boundary" if rc == runner_module.EXIT_STOPPED
+                       else f"runner killed after {self.settings.stop_grace_s:.0f}s")
+                lifecycle.finish_cancel(session, job_id, attempt, how)
+            elif outcome.stopped_for == "shutdown" or rc == runner_module.EXIT_STOPPED:
+                handed_back = lifecycle.hand_back(
+                    session, job_id, attempt, f"worker {self.worker} is shutting down; the job "
+                    "resumes from its last checkpoint on another worker")
             elif rc < 0:
                 lifecycle.fail(session, job_id, attempt, "runner_crashed",
                                f"the runner died by {_signal_name(rc)}", data)
@@ -149,3 +198,6 @@ class Supervisor:
             else:
                 lifecycle.fail(session, job_id, attempt, "runner_crashed",
                                f"the runner exited with code {rc} without a result", data)
+            queue = session.get_one(Job, job_id).queue
+        if handed_back:
+            self.send_wake(job_id, queue)

@@ -11,7 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.broker import send_wakeup
 from app.db import transaction
 from app.deps import BlobStoreDep, CeleryDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
 from app.errors import ModelNotReady
@@ -19,7 +18,7 @@ from app.models import JobStatus
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
 from app.schemas.spec import JobSpec
 from app.services import jobs as job_service
-from app.services import lifecycle
+from app.services import dispatch
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -35,16 +34,34 @@ def submit_job(spec: JobSpec, response: Response, factory: SessionFactoryDep,
     with transaction(factory) as session:
         job, created = job_service.submit(session, spec, owner=owner, limits=settings.limits,
                                           idempotency_key=idempotency_key)
-    if created and not send_wakeup(celery, settings, job.id, job.queue):
-        with transaction(factory) as session:
-            lifecycle.add_event(session, job.id, "broker unreachable at submit; the job stays "
-                                "queued and is sent again when a worker reconciles")
+    if created:
+        dispatch.wake(factory, celery, settings, job.id, job.queue)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     with factory() as session:
         return job_service.to_public(session, job_service.get_job(session, job.id, owner))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+def cancel_job(job_id: str, factory: SessionFactoryDep, owner: OwnerDep) -> JobPublic:
+    """A queued job is cancelled at once; a running one stops at its next batch."""
+    with transaction(factory) as session:
+        job_service.cancel(session, job_id, owner)
+    with factory() as session:
+        return job_service.to_public(session, job_service.get_job(session, job_id, owner))
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobPublic)
+def retry_job(job_id: str, factory: SessionFactoryDep, settings: SettingsDep, celery: CeleryDep,
+              owner: OwnerDep) -> JobPublic:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+    with transaction(factory) as session:
+        job = job_service.retry(session, job_id, owner)
+    dispatch.wake(factory, celery, settings, job.id, job.queue)
+    with factory() as session:
+        return job_service.to_public(session, job_service.get_job(session, job_id, owner))
 
 
 @router.get("", response_model=JobsPublic)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.catalog import BUILTIN_DATASETS
-from app.errors import InvalidInput, JobNotFound, ModelNotReady, NotFound, problem
+from app.errors import InvalidInput, InvalidTransition, JobNotFound, ModelNotReady, NotFound, problem
 from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent, JobStatus
 from app.schemas.jobs import JobError, JobPublic, Progress
 from app.schemas.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
@@ -107,6 +107,25 @@ def get_job(session: Session, job_id: str, owner: str) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.owner != owner:
         raise JobNotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def cancel(session: Session, job_id: str, owner: str) -> str:
+    """Ask the job to stop; its new status, or InvalidTransition if it already finished."""
+    job = get_job(session, job_id, owner)
+    status = lifecycle.request_cancel(session, job.id)
+    if status is None:
+        raise InvalidTransition(f"job {job.id} is {job.status}; only queued or running jobs "
+                                "can be cancelled")
+    return status
+
+
+def retry(session: Session, job_id: str, owner: str) -> Job:
+    """Queue a failed or cancelled job again, or InvalidTransition."""
+    job = get_job(session, job_id, owner)
+    if not lifecycle.retry(session, job.id):
+        raise InvalidTransition(f"job {job.id} is {job.status}; only failed or cancelled jobs "
+                                "can be retried")
     return job
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -157,3 +158,85 @@ def claim_next(session: Session, queue: str, worker: str) -> tuple[str, int] | N
         if attempt is not None:
             return job_id, attempt
     return None
+
+
+def request_cancel(session: Session, job_id: str) -> str | None:
+    """Cancel: a queued job ends at once, a running one goes to cancelling; the new status.
+
+    None when the job is already finished (the caller answers 409).
+    """
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status == S.CANCELLING.value:
+        return status
+    if status == S.QUEUED.value and transition(
+            session, job_id, [S.QUEUED], S.CANCELLED, "cancelled by the user before it started",
+            finished_at=utcnow()):
+        return S.CANCELLED.value
+    if status == S.RUNNING.value and transition(
+            session, job_id, [S.RUNNING], S.CANCELLING, "cancel requested by the user"):
+        return S.CANCELLING.value
+    return None
+
+
+def finish_cancel(session: Session, job_id: str, attempt: int, how: str) -> bool:
+    """cancelling -> cancelled once the runner has stopped."""
+    return transition(session, job_id, [S.CANCELLING], S.CANCELLED, f"cancelled: {how}",
+                      expect_attempt=attempt, finished_at=utcnow())
+
+
+def retry(session: Session, job_id: str) -> bool:
+    """failed or cancelled -> queued; the next run resumes from the last checkpoint."""
+    return transition(session, job_id, [S.FAILED, S.CANCELLED], S.QUEUED,
+                      "retry requested by the user; resumes from the last checkpoint",
+                      finished_at=None, error_type=None, error_message=None, lost_attempts=0,
+                      worker=None)
+
+
+def hand_back(session: Session, job_id: str, attempt: int, reason: str) -> bool:
+    """running -> queued without using up an attempt (graceful worker shutdown)."""
+    return transition(session, job_id, [S.RUNNING], S.QUEUED, f"handed back: {reason}",
+                      expect_attempt=attempt, worker=None)
+
+
+def reap_lost(session: Session, job_id: str, attempt: int, lost_attempts: int,
+              max_attempts: int, silent_s: float) -> str | None:
+    """A job whose worker stopped heartbeating: requeue it, or fail it after max_attempts losses.
+
+    Returns the job's new status, or None if it had moved on meanwhile.
+    """
+    why = f"worker lost: no heartbeat for {silent_s:.0f}s"
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status == S.CANCELLING.value:
+        return S.CANCELLED.value if finish_cancel(session, job_id, attempt, why) else None
+    if lost_attempts + 1 >= max_attempts:
+        moved = fail(session, job_id, attempt, "worker_lost",
+                     f"the job lost its worker {lost_attempts + 1} times (max_attempts is "
+                     f"{max_attempts}); last: {why}")
+        return S.FAILED.value if moved else None
+    moved = transition(session, job_id, [S.RUNNING], S.QUEUED,
+                       f"{why}; queued again to resume from its last checkpoint",
+                       expect_attempt=attempt, worker=None, lost_attempts=lost_attempts + 1)
+    return S.QUEUED.value if moved else None
+
+
+def stale_jobs(session: Session, before: datetime) -> list[tuple[str, int, int]]:
+    """(id, attempt, lost_attempts) of live jobs whose last heartbeat is older than before."""
+    rows = session.execute(
+        select(Job.id, Job.attempt, Job.lost_attempts)
+        .where(Job.status.in_(LIVE), Job.heartbeat_at < before)).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def waiting_jobs(session: Session, queues: Iterable[str], before: datetime) -> list[tuple[str, str]]:
+    """(id, queue) of queued jobs whose last wake-up was sent before `before` (or never)."""
+    rows = session.execute(
+        select(Job.id, Job.queue).where(
+            Job.status == S.QUEUED.value, Job.queue.in_(list(queues)),
+            (Job.enqueued_at < before) | Job.enqueued_at.is_(None))
+        .order_by(Job.priority.desc(), Job.created_at)).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    """Remember that a wake-up for job_id was just sent."""
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))

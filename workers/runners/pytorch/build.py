@@ -67,7 +67,23 @@ def pool(layer: PoolLayer, shape: tuple[int, ...]) -> nn.Module:
     if is_max:
         return _windowed(pads, nn.MaxPool2d(kernel, stride, pad_arg), float("-inf"))
     # TensorFlow leaves padding out of the average.
-    return _windowed(pads, nn.AvgPool2d(kernel, stride, pad_arg, count_include_pad=False))
+    if symmetric:
+        return nn.AvgPool2d(kernel, stride, pad_arg, count_include_pad=False)
+    return SameAvgPool2d(pads, kernel, stride)
+
+
+class SameAvgPool2d(nn.Module):
+    """Average pooling with asymmetric 'same' padding that averages real cells only, as TF does."""
+
+    def __init__(self, pads: tuple[int, int, int, int], kernel: tuple[int, ...],
+                 stride: tuple[int, ...]) -> None:
+        super().__init__()
+        self.pad = nn.ZeroPad2d(pads)
+        self.pool = nn.AvgPool2d(kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Explicitly padded zeros would count in AvgPool2d's divisor; divide by the real share.
+        return self.pool(self.pad(x)) / self.pool(self.pad(torch.ones_like(x[:1, :1])))
 
 
 class Residual(nn.Module):

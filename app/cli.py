@@ -1,0 +1,620 @@
+"""The `trainery` command: submit, follow and manage jobs; run the service's processes.
+
+Job and dataset commands talk to the API through the SDK (app.client). The server
+commands (`api`, `worker`, `up`) start the service's programs as subprocesses, so this
+module never imports the service, Celery or a training framework.
+
+Exit codes: 0 success; 1 the job failed; 2 the job was cancelled (and usage errors);
+3 the request failed (the server said no, could not be reached, or the input is bad).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from app.client import Client, Event, Job, TraineryError
+from app.client.api import DEFAULT_URL
+from app.client.errors import describe_detail
+
+EXIT_FAILED, EXIT_CANCELLED, EXIT_ERROR = 1, 2, 3
+STATUS_STYLES = {"queued": "yellow", "running": "cyan", "cancelling": "magenta",
+                 "succeeded": "green", "failed": "red", "cancelled": "bright_black"}
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+app = typer.Typer(name="trainery", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="Submit training jobs to a Trainery service, follow them, download "
+                       "the models; or run the service itself (api, worker, up).")
+datasets_app = typer.Typer(no_args_is_help=True, help="Datasets a job can train on.")
+app.add_typer(datasets_app, name="datasets")
+
+JobId = Annotated[str, typer.Argument(help="The job's id (job_...).")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@dataclass(frozen=True)
+class Connection:
+    url: str
+    token: str | None
+    timeout: float
+
+
+@app.callback()
+def _connection(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="TRAINERY_URL", help="The API's URL.")] = DEFAULT_URL,
+    token: Annotated[str | None, typer.Option(
+        envvar="TRAINERY_TOKEN", help="Sent as `Authorization: Bearer TOKEN`.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each request.")] = 30.0,
+) -> None:
+    ctx.obj = Connection(url, token, timeout)
+
+
+@contextmanager
+def _client(ctx: typer.Context) -> Iterator[Client]:
+    """A client for the command; an API error ends the command with a message and exit code 3."""
+    conn = ctx.find_object(Connection) or Connection(DEFAULT_URL, None, 30.0)
+    try:
+        with Client(conn.url, conn.token, timeout=conn.timeout) as client:
+            yield client
+    except TraineryError as exc:
+        _fail(f"{exc.error}: {describe_detail(exc.detail) or exc}")
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True).print(Text(f"error: {message}", style="red"))
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _print_json(data: Any, *, compact: bool = False) -> None:
+    typer.echo(json.dumps(data, indent=None if compact else 2, default=str))
+
+
+# -- formatting ---------------------------------------------------------------
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def _when(ts: datetime | None) -> str:
+    return ts.astimezone().strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _metrics_text(values: Mapping[str, Any] | None) -> str:
+    """`loss 0.1234  accuracy 0.95 ...`: the metrics, without bookkeeping fields."""
+    if not values:
+        return ""
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in values.items() if k not in ("epoch", "epoch_time_s"))
+
+
+def _event_text(event: Event) -> Text:
+    text = Text(f"{event.ts.astimezone():%H:%M:%S} ", style="bright_black")
+    if event.kind == "state":
+        text.append(f"{event.from_status or '-'} -> ")
+        text.append_text(_status(event.to_status or "?"))
+        text.append(f"  {event.message}")
+    elif event.kind == "metrics":
+        text.append(f"{event.message}  {_metrics_text(event.data)}")
+    else:
+        text.append(event.message)
+    return text
+
+
+def _job_details(job: Job) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    rows: list[tuple[str, str | Text]] = [
+        ("id", job.id), ("name", job.name), ("framework", job.framework),
+        ("status", _status(job.status)), ("attempt", str(job.attempt)),
+        ("worker", job.worker or "-"),
+        ("progress", f"epoch {job.progress.epoch}/{job.progress.epochs}"),
+        ("created", _when(job.created_at)), ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+    ]
+    if job.metrics:
+        rows.append(("metrics", _metrics_text(job.metrics)))
+    if job.best:
+        rows.append(("best", _metrics_text(job.best)))
+    if job.pending_reason:
+        rows.append(("waiting", job.pending_reason))
+    if job.error:
+        rows.append(("error", Text(f"{job.error.type}: {job.error.message}", style="red")))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _summary(job: Job) -> Text:
+    line = Text(f"{job.id} ({job.name}) ")
+    line.append_text(_status(job.status))
+    if job.status == "succeeded":
+        line.append(f" after {job.progress.epoch} epochs  {_metrics_text(job.metrics)}")
+    elif job.error:
+        line.append(f": {job.error.type}: {job.error.message}")
+    return line
+
+
+def _exit_code(job: Job) -> int:
+    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(job.status, EXIT_FAILED)
+
+
+# -- following a job ----------------------------------------------------------
+
+
+class EpochClock:
+    """The time left, from the epochs' own durations (replayed epochs would fool a rate)."""
+
+    def __init__(self) -> None:
+        self.recent: list[float] = []
+
+    def eta(self, data: Mapping[str, Any], epochs: int) -> str:
+        seconds = data.get("epoch_time_s")
+        if isinstance(seconds, (int, float)):
+            self.recent = [*self.recent[-4:], float(seconds)]
+        if not self.recent or not isinstance(data.get("epoch"), int):
+            return "-"
+        left = max(epochs - data["epoch"], 0)
+        return _duration(sum(self.recent) / len(self.recent) * left)
+
+
+def _follow(client: Client, job_id: str, as_json: bool) -> int:
+    """Show the job live until it ends; its exit code (0 succeeded, 1 failed, 2 cancelled)."""
+    if as_json:
+        for event in client.follow(job_id):
+            _print_json(event.to_json(), compact=True)
+        job = client.get(job_id)
+        _print_json(job.to_json(), compact=True)
+        return _exit_code(job)
+    console = Console()
+    job = client.get(job_id)
+    if job.pending_reason:
+        console.print(Text(f"waiting: {job.pending_reason}", style="bright_black"))
+    clock = EpochClock()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("epochs"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
+               TextColumn("{task.fields[metrics]}"))
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"{job.name} {job.status}", total=job.progress.epochs or None,
+                                 completed=job.progress.epoch, eta="-",
+                                 metrics=_metrics_text(job.metrics))
+        for event in client.follow(job_id):
+            if event.kind == "metrics" and event.data:
+                total = int(progress.tasks[0].total or 0)
+                progress.update(task, completed=event.data.get("epoch", 0),
+                                eta=clock.eta(event.data, total),
+                                metrics=_metrics_text(event.data))
+                continue
+            if event.kind == "state" and event.to_status:
+                progress.update(task, description=f"{job.name} {event.to_status}")
+            progress.console.print(_event_text(event))
+    job = client.get(job_id)
+    console.print(_summary(job))
+    return _exit_code(job)
+
+
+# -- job commands -------------------------------------------------------------
+
+
+def _set_path(spec: dict[str, Any], dotted: str, value: Any) -> None:
+    """spec[a][b][0] = value for `a.b.0`, creating mappings on the way."""
+    keys = dotted.split(".")
+    node: Any = spec
+    for key in keys[:-1]:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_spec(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A job spec from a YAML or JSON file, with `dotted.key=value` overrides (values as YAML)."""
+    try:
+        text = path.read_text()
+        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        _fail(f"cannot read the spec {path}: {exc}")
+    if not isinstance(spec, dict):
+        _fail(f"{path} does not hold a job spec (a mapping at the top level)")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set wants KEY=VALUE (e.g. training.epochs=3), not {item!r}")
+        try:
+            _set_path(spec, key, yaml.safe_load(raw))
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+            _fail(f"--set {item}: no such place in the spec ({exc!r})")
+    return spec
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="The job spec, YAML or JSON.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Follow the job until it ends.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a field: dotted.path=value (YAML value); repeatable.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        help="Reuse a key to make a repeated submit return the first job.")] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Submit a job spec; with --follow, exit like `follow` does."""
+    spec = load_spec(file, set_ or ())
+    code = 0
+    with _client(ctx) as client:
+        job = client.submit(spec, idempotency_key=idempotency_key)
+        if json_output:
+            _print_json(job.to_json(), compact=follow)
+        else:
+            Console().print(Text.assemble(f"submitted {job.id} ({job.name}, {job.framework}): ",
+                                          _status(job.status)))
+        if follow:
+            code = _follow(client, job.id, json_output)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def status(ctx: typer.Context, job_id: JobId, json_output: JsonOutput = False) -> None:
+    """Show a job: status, progress, latest metrics, error."""
+    with _client(ctx) as client:
+        job = client.get(job_id)
+    if json_output:
+        _print_json(job.to_json())
+    else:
+        Console().print(_job_details(job))
+
+
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Show at most this many; 0 = all.")] = 20,
+    json_output: JsonOutput = False,
+) -> None:
+    """List jobs, newest first."""
+    with _client(ctx) as client:
+        jobs = client.list(status, page_size=min(limit or 200, 200))
+        shown = list(islice(jobs, limit) if limit else jobs)
+    if json_output:
+        _print_json([job.to_json() for job in shown])
+        return
+    table = Table("id", "name", "framework", "status", "epoch", "created", "metrics")
+    for job in shown:
+        table.add_row(job.id, job.name, job.framework, _status(job.status),
+                      f"{job.progress.epoch}/{job.progress.epochs}", _when(job.created_at),
+                      _metrics_text(job.metrics))
+    Console().print(table)
+
+
+@app.command("follow")
+def follow_job(ctx: typer.Context, job_id: JobId, json_output: JsonOutput = False) -> None:
+    """Follow a job live: a progress bar over epochs with the latest metrics and ETA.
+
+    Exits 0 if it succeeded, 1 if it failed, 2 if it was cancelled. With --json, prints one
+    JSON object per line: each event, then the finished job.
+    """
+    with _client(ctx) as client:
+        code = _follow(client, job_id, json_output)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def logs(
+    ctx: typer.Context, job_id: JobId,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Keep printing until the job ends.")] = False,
+    json_output: JsonOutput = False,
+) -> None:
+    """Print a job's events: state changes, epoch metrics, log lines."""
+    console = Console()
+    with _client(ctx) as client:
+        if follow:
+            for event in client.follow(job_id):
+                if json_output:
+                    _print_json(event.to_json(), compact=True)
+                else:
+                    console.print(_event_text(event))
+            return
+        events = client.events(job_id)
+    if json_output:
+        _print_json([event.to_json() for event in events])
+        return
+    for event in events:
+        console.print(_event_text(event))
+
+
+@app.command()
+def metrics(ctx: typer.Context, job_id: JobId, json_output: JsonOutput = False) -> None:
+    """Print a job's per-epoch metrics."""
+    with _client(ctx) as client:
+        rows = client.metrics(job_id)
+    if json_output:
+        _print_json([row.to_json() for row in rows])
+        return
+    names = list(dict.fromkeys(k for row in rows for k in row.values()))
+    table = Table("epoch", *names)
+    for row in rows:
+        values = row.values()
+        table.add_row(str(row.epoch), *(f"{values[n]:.4g}" if isinstance(values.get(n), float)
+                                        else str(values.get(n, "")) for n in names))
+    Console().print(table)
+
+
+def _job_action(ctx: typer.Context, job_id: str, action: str, json_output: bool) -> None:
+    with _client(ctx) as client:
+        job = client.cancel(job_id) if action == "cancel" else client.retry(job_id)
+    if json_output:
+        _print_json(job.to_json())
+    else:
+        Console().print(Text.assemble(f"{job.id}: ", _status(job.status)))
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: JobId, json_output: JsonOutput = False) -> None:
+    """Cancel a job: a queued one ends at once, a running one within seconds."""
+    _job_action(ctx, job_id, "cancel", json_output)
+
+
+@app.command()
+def retry(ctx: typer.Context, job_id: JobId, json_output: JsonOutput = False) -> None:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+    _job_action(ctx, job_id, "retry", json_output)
+
+
+@app.command()
+def download(
+    ctx: typer.Context, job_id: JobId,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="File or folder to save to (default: the server's filename "
+                               "in the current folder).")] = None,
+    format: Annotated[str | None, typer.Option(
+        help="torchscript, state_dict, onnx (PyTorch) or keras, onnx (Keras).")] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Download a succeeded job's model; the file's sha256 is checked against the server's."""
+    with _client(ctx) as client:
+        saved = client.download_model(job_id, output, format=format)
+    if json_output:
+        _print_json(saved.to_json())
+    else:
+        Console().print(f"saved {saved.path} ({saved.size} bytes, sha256 {saved.sha256})")
+
+
+@datasets_app.command("list")
+def datasets_list(ctx: typer.Context, json_output: JsonOutput = False) -> None:
+    """List the datasets a job can train on."""
+    with _client(ctx) as client:
+        found = client.datasets()
+    if json_output:
+        _print_json([d.to_json() for d in found])
+        return
+    table = Table("id", "task", "samples", "sample shape", "classes", "description")
+    for d in found:
+        table.add_row(d.id, d.task, str(d.n_samples or "-"),
+                      str(d.sample_shape) if d.sample_shape else "-",
+                      str(d.num_classes or "-"), d.description)
+    Console().print(table)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The file.")],
+    name: Annotated[str | None, typer.Option(help="Default: the file's name.")] = None,
+    task: Annotated[str | None, typer.Option(help="classification or regression.")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Upload a dataset file; use its id in a spec as {"dataset": {"id": ...}}."""
+    with _client(ctx) as client:
+        dataset = client.upload_dataset(path, name=name, task=task, description=description)
+    if json_output:
+        _print_json(dataset.to_json())
+    else:
+        Console().print(f"uploaded {dataset.id} ({dataset.name})")
+
+
+# -- running the service ------------------------------------------------------
+
+
+def queue_prefix() -> str:
+    """The deployment's queue prefix, as the service reads it."""
+    return os.environ.get("TRAINERY_QUEUE_PREFIX") or "trainery"
+
+
+def api_command(host: str, port: int) -> list[str]:
+    """The API server: uvicorn on app.main:app."""
+    return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
+
+
+def worker_command(name: str, queues: Sequence[str] = ("default",),
+                   loglevel: str = "INFO") -> list[str]:
+    """One Celery worker, flags as scripts/run.sh gives them: one job at a time, no prefetch."""
+    prefix = queue_prefix()
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "-Q", ",".join(f"{prefix}.{q}" for q in queues),
+            "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
+            "--without-gossip", "--without-mingle", "-n", f"{name}@%h", "--loglevel", loglevel]
+
+
+def _exec(argv: list[str], env: Mapping[str, str] | None = None) -> NoReturn:
+    """Become argv (signals and the exit status are then the program's own)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    environ = dict(env or os.environ)
+    if os.name == "posix":
+        os.execve(argv[0], argv, environ)
+    raise typer.Exit(subprocess.call(argv, env=environ))
+
+
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+Port = Annotated[int, typer.Option(envvar="TRAINERY_PORT", help="Port to listen on.")]
+
+
+@app.command()
+def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Run the API server (uvicorn app.main:app)."""
+    _exec(api_command(host, port))
+
+
+@app.command()
+def worker(
+    name: Annotated[str | None, typer.Option(
+        help="Worker name (default cpu0, or gpuN with --gpu).")] = None,
+    queue: Annotated[list[str] | None, typer.Option(
+        help="Job queue to take from (repeatable); prefixed with TRAINERY_QUEUE_PREFIX.")] = None,
+    gpu: Annotated[int | None, typer.Option(
+        min=0, help="Pin the worker to this GPU (sets CUDA_VISIBLE_DEVICES).")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run one Celery worker: one job at a time (run one per GPU)."""
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    default_name = f"gpu{gpu}" if gpu is not None else "cpu0"
+    _exec(worker_command(name or default_name, queue or ["default"], loglevel), env)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def choose_broker(env: Mapping[str, str], data_dir: Path) -> tuple[str, str]:
+    """(broker URL, why): TRAINERY_BROKER_URL, a running Redis, one we start, or kombu's SQL one."""
+    if env.get("TRAINERY_BROKER_URL"):
+        return env["TRAINERY_BROKER_URL"], "from TRAINERY_BROKER_URL"
+    redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+    if _reachable(REDIS_HOST, REDIS_PORT):
+        return redis_url, f"Redis at {REDIS_HOST}:{REDIS_PORT} (found running)"
+    server = shutil.which("redis-server")
+    if server:
+        subprocess.run([server, "--daemonize", "yes", "--bind", REDIS_HOST,
+                        "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no",
+                        "--dir", str(data_dir), "--logfile", str(data_dir / "redis.log")],
+                       check=False)
+        for _ in range(50):
+            if _reachable(REDIS_HOST, REDIS_PORT):
+                return redis_url, f"Redis at {REDIS_HOST}:{REDIS_PORT} (started redis-server)"
+            time.sleep(0.1)
+    return (f"sqla+sqlite:///{data_dir / 'broker.db'}",
+            f"embedded (kombu SQLAlchemy transport on {data_dir / 'broker.db'}); no Redis "
+            "here. Set TRAINERY_BROKER_URL to use one.")
+
+
+def supervise(procs: dict[str, subprocess.Popen[bytes]]) -> int:
+    """Wait while all run; stop the rest when one ends or on a signal (twice: kill). Exit code."""
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    stops = 0
+
+    def stop(signum: int | None = None, frame: FrameType | None = None) -> None:
+        nonlocal stops
+        stops += 1
+        for proc in procs.values():
+            if proc.poll() is None:
+                if stops == 1:
+                    proc.terminate()  # both shut down gracefully on SIGTERM
+                else:
+                    with suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+
+    previous = {s: signal.signal(s, stop) for s in signals}
+    try:
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(0.2)
+        code = 0
+        if not stops:
+            name, proc = next((n, p) for n, p in procs.items() if p.returncode is not None)
+            typer.echo(f"up: the {name} exited ({proc.returncode}); stopping the rest", err=True)
+            code = proc.returncode or 1
+            stop()
+        for proc in procs.values():
+            proc.wait()
+        return code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@app.command()
+def up(host: Host = "127.0.0.1", port: Port = 8000,
+       worker_name: Annotated[str, typer.Option(help="The worker's name.")] = "cpu0") -> None:
+    """Run the whole service here: migrate the database, start one worker and the API.
+
+    The broker is TRAINERY_BROKER_URL if set, else Redis on 127.0.0.1:6379 (started if
+    redis-server is installed), else an embedded SQL broker. Ctrl-C stops both processes.
+    """
+    if not (PROJECT_ROOT / "alembic.ini").exists():
+        _fail(f"no alembic.ini in {PROJECT_ROOT}: `up` runs from a source checkout")
+    env = dict(os.environ)
+    data_dir = Path(env.get("TRAINERY_DATA_DIR") or "var").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env["TRAINERY_DATA_DIR"] = str(data_dir)
+    env["TRAINERY_BROKER_URL"], why = choose_broker(env, data_dir)
+    typer.echo(f"up: broker = {env['TRAINERY_BROKER_URL']} [{why}]")
+    typer.echo("up: database = " + (env.get("TRAINERY_DATABASE_URL")
+                                     or f"sqlite file {data_dir / 'trainery.db'}"))
+    migrated = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"],
+                              cwd=PROJECT_ROOT, env=env, check=False)
+    if migrated.returncode:
+        _fail("alembic upgrade head failed; see above")
+    # Own sessions: a Ctrl-C reaches only us, and we pass on exactly one SIGTERM each.
+    procs = {"worker": subprocess.Popen(worker_command(worker_name), cwd=PROJECT_ROOT, env=env,
+                                        start_new_session=True)}
+    procs["API"] = subprocess.Popen(api_command(host, port), cwd=PROJECT_ROOT, env=env,
+                                    start_new_session=True)
+    typer.echo(f"up: API on http://{host}:{port} (docs at /docs); Ctrl-C stops both")
+    code = supervise(procs)
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    """The `trainery` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

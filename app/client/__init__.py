@@ -1,0 +1,44 @@
+"""The Trainery Python SDK: `Client` and `AsyncClient` over httpx.
+
+Needs only httpx and pydantic: nothing here imports the service (FastAPI,
+SQLAlchemy, Celery) or a training framework. See docs/client.md.
+"""
+
+from app.client.async_client import AsyncClient
+from app.client.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ChecksumMismatch,
+    Conflict,
+    ConnectionFailed,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    ModelNotReady,
+    NotFound,
+    ServerError,
+    TraineryError,
+    ValidationFailed,
+    WaitTimeout,
+)
+from app.client.models import (
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Dataset,
+    Event,
+    Job,
+    JobError,
+    JobPage,
+    MetricRow,
+    ModelFile,
+    Progress,
+)
+from app.client.retry import NO_RETRY, RetryPolicy
+from app.client.sync_client import Client
+
+__all__ = [
+    "NO_RETRY", "TERMINAL_STATUSES", "AsyncClient", "AuthenticationFailed", "BadRequest",
+    "Checkpoint", "ChecksumMismatch", "Client", "Conflict", "ConnectionFailed", "Dataset", "Event",
+    "IdempotencyKeyReused", "InvalidTransition", "Job", "JobError", "JobPage", "MetricRow",
+    "ModelFile", "ModelNotReady", "NotFound", "Progress", "RetryPolicy", "ServerError",
+    "TraineryError", "ValidationFailed", "WaitTimeout",
+]

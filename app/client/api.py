@@ -1,0 +1,151 @@
+"""The calls the API takes and how their answers parse, shared by the sync and async clients.
+
+Each function builds a `Call`: a description of one request. The clients only send it
+(with retries where `idempotent` says so) and hand the response to `parse`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from app.client.models import Checkpoint, Dataset, Event, Job, JobPage, MetricRow
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+USER_AGENT = "trainery-client/0.1.0"
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and how to read its answer."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    files: dict[str, tuple[str, IO[bytes], str]] | None = None
+    data: dict[str, str] | None = None
+    idempotent: bool = False
+
+
+def base_url(url: str | None) -> str:
+    """The server's URL: the argument, else TRAINERY_URL, else the local default."""
+    return (url or os.environ.get("TRAINERY_URL") or DEFAULT_URL).rstrip("/")
+
+
+def default_headers(token: str | None) -> dict[str, str]:
+    """Headers every request carries; the token (or TRAINERY_TOKEN) as a bearer credential."""
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    token = token if token is not None else os.environ.get("TRAINERY_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def job_path(job_id: str, *rest: str) -> str:
+    """/v1/jobs/{id}[/rest...], with the id quoted so it can never leave its path segment."""
+    return "/".join([f"/v1/jobs/{quote(job_id, safe='')}", *rest])
+
+
+def _one(cls: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda response: cls.model_validate_json(response.content)
+
+
+def _many(cls: type[M]) -> Callable[[httpx.Response], list[M]]:
+    adapter = TypeAdapter(list[cls])  # type: ignore[valid-type]
+    return lambda response: adapter.validate_json(response.content)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    return response.json()  # type: ignore[no-any-return]
+
+
+def submit(spec: Mapping[str, Any], idempotency_key: str | None = None) -> Call[Job]:
+    """POST /v1/jobs; a fresh Idempotency-Key unless given, which is what makes retrying it safe."""
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"spec must be a mapping (the job spec), not {type(spec).__name__}")
+    body = json.loads(json.dumps(dict(spec)))  # fails here, not mid-request, if not JSON-able
+    key = idempotency_key or str(uuid.uuid4())
+    return Call("POST", "/v1/jobs", _one(Job), json=body, headers={"Idempotency-Key": key},
+                idempotent=True)
+
+
+def get_job(job_id: str) -> Call[Job]:
+    return Call("GET", job_path(job_id), _one(Job), idempotent=True)
+
+
+def list_jobs(status: str | None, limit: int, cursor: str | None) -> Call[JobPage]:
+    params: dict[str, Any] = {"limit": limit}
+    if status is not None:
+        params["status"] = status
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/jobs", _one(JobPage), params=params, idempotent=True)
+
+
+def metrics(job_id: str) -> Call[list[MetricRow]]:
+    return Call("GET", job_path(job_id, "metrics"), _many(MetricRow), idempotent=True)
+
+
+def events(job_id: str, after: int) -> Call[list[Event]]:
+    return Call("GET", job_path(job_id, "events"), _many(Event), params={"after": after},
+                idempotent=True)
+
+
+def checkpoints(job_id: str) -> Call[list[Checkpoint]]:
+    return Call("GET", job_path(job_id, "checkpoints"), _many(Checkpoint), idempotent=True)
+
+
+def model_card(job_id: str) -> Call[dict[str, Any]]:
+    return Call("GET", job_path(job_id, "model", "card"), _json, idempotent=True)
+
+
+def cancel(job_id: str) -> Call[Job]:
+    return Call("POST", job_path(job_id, "cancel"), _one(Job))
+
+
+def retry(job_id: str) -> Call[Job]:
+    return Call("POST", job_path(job_id, "retry"), _one(Job))
+
+
+def list_datasets() -> Call[list[Dataset]]:
+    def parse(response: httpx.Response) -> list[Dataset]:
+        body = response.json()
+        items = body["data"] if isinstance(body, dict) else body
+        return [Dataset.model_validate(d) for d in items]
+
+    return Call("GET", "/v1/datasets", parse, idempotent=True)
+
+
+def get_dataset(dataset_id: str) -> Call[Dataset]:
+    return Call("GET", f"/v1/datasets/{quote(dataset_id, safe='')}", _one(Dataset),
+                idempotent=True)
+
+
+def upload_dataset(file: IO[bytes], filename: str, *, name: str | None, task: str | None,
+                   description: str | None) -> Call[Dataset]:
+    """POST /v1/datasets as multipart: the file in `file`, the rest as form fields."""
+    form = {k: v for k, v in (("name", name), ("task", task), ("description", description))
+            if v is not None}
+    return Call("POST", "/v1/datasets", _one(Dataset),
+                files={"file": (filename, file, "application/octet-stream")}, data=form)
+
+
+def model_download(job_id: str, format: str | None) -> Call[None]:
+    """GET /v1/jobs/{id}/model, streamed by the client (parse is unused)."""
+    params = {"format": format} if format else None
+    return Call("GET", job_path(job_id, "model"), lambda _: None, params=params,
+                headers={"Accept": "*/*"}, idempotent=True)

@@ -1,0 +1,80 @@
+"""Writing a streamed model to disk: a temporary file, hashed on the way, renamed once verified."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import httpx
+
+from app.client.errors import ChecksumMismatch
+from app.client.models import ModelFile
+
+_FILENAME = re.compile(r'filename="?([^";]+)"?')
+
+
+def expected_sha256(response: httpx.Response) -> str | None:
+    """The sha256 hex the server promised: its ETag, unquoted (a weak `W/` tag included)."""
+    etag: str | None = response.headers.get("etag")
+    if not etag:
+        return None
+    return etag.removeprefix("W/").strip('"').lower()
+
+
+def target_path(path: str | os.PathLike[str] | None, response: httpx.Response) -> Path:
+    """Where the model goes: path itself, or the server's filename inside path if it is a folder."""
+    match = _FILENAME.search(response.headers.get("content-disposition", ""))
+    # Only the last component: a filename must never place the file outside the folder.
+    filename = Path(match.group(1)).name if match else "model.bin"
+    if path is None:
+        return Path.cwd() / filename
+    target = Path(path)
+    return target / filename if target.is_dir() else target
+
+
+class ModelWriter:
+    """Collects the chunks of one download and checks them against the ETag and Content-Length."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, response: httpx.Response) -> None:
+        self.target = target_path(path, response)
+        self.partial = self.target.with_name(self.target.name + ".part")
+        self.expected = expected_sha256(response)
+        length = response.headers.get("content-length")
+        # With a Content-Encoding the length counts encoded bytes; the hash still checks all.
+        encoded = "content-encoding" in response.headers
+        self.expected_size = int(length) if length and length.isdigit() and not encoded else None
+        self.media_type = response.headers.get("content-type", "")
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.partial.open("wb")
+
+    def write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self._size += len(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> ModelFile:
+        """Verify what arrived and move it into place; ChecksumMismatch if it differs."""
+        self._file.close()
+        digest = self._hash.hexdigest()
+        problem = None
+        if self.expected_size is not None and self._size != self.expected_size:
+            problem = f"got {self._size} bytes of {self.expected_size}"
+        elif self.expected is not None and digest != self.expected:
+            problem = f"sha256 {digest} differs from the ETag {self.expected}"
+        if problem is not None:
+            self.partial.unlink(missing_ok=True)
+            raise ChecksumMismatch(f"download of {self.target.name} is corrupt: {problem}",
+                                   error="checksum_mismatch",
+                                   detail={"expected": self.expected, "actual": digest})
+        os.replace(self.partial, self.target)
+        return ModelFile(path=self.target, sha256=digest, size=self._size,
+                         media_type=self.media_type)
+
+    def abort(self) -> None:
+        """Drop the partial file (the download failed or will be tried again)."""
+        self._file.close()
+        self.partial.unlink(missing_ok=True)

@@ -1,0 +1,199 @@
+"""The blocking client: `Client(url, token)`."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from app.client import api
+from app.client.download import ModelWriter
+from app.client.errors import error_from_response
+from app.client.models import Checkpoint, Dataset, Event, Job, JobPage, MetricRow, ModelFile
+from app.client.retry import RetryPolicy
+from app.client.sse import EventFollower
+from app.client.waiting import JobWaiter
+
+T = TypeVar("T")
+CHUNK_BYTES = 1 << 20
+
+
+class Client:
+    """The Trainery API, blocking. Use it as a context manager, or call close()."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float = 30.0, retry: RetryPolicy | None = None,
+                 stream_read_timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = api.base_url(url)
+        self._retry = retry or RetryPolicy()
+        self._http = httpx.Client(base_url=self.url, headers=api.default_headers(token),
+                                  timeout=timeout, transport=transport)
+        # The event stream sends a keep-alive every 15 s: a longer silence means a dead link.
+        self._stream_timeout = httpx.Timeout(timeout, read=stream_read_timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _request(self, call: api.Call[Any]) -> httpx.Response:
+        retry = self._retry.start(call.idempotent)
+        while True:
+            try:
+                response = self._http.request(call.method, call.path, params=call.params,
+                                              json=call.json, headers=call.headers,
+                                              files=call.files, data=call.data)
+            except httpx.TransportError as exc:
+                time.sleep(retry.after_error(exc))
+                continue
+            if response.is_success:
+                return response
+            delay = retry.after_response(response)
+            if delay is None:
+                raise error_from_response(response)
+            time.sleep(delay)
+
+    def _send(self, call: api.Call[T]) -> T:
+        return call.parse(self._request(call))
+
+    # -- jobs ---------------------------------------------------------------
+
+    def submit(self, spec: Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
+        """Submit a job spec; retried safely under one Idempotency-Key (uuid4 by default)."""
+        return self._send(api.submit(spec, idempotency_key))
+
+    def get(self, job_id: str) -> Job:
+        """The job as it is now."""
+        return self._send(api.get_job(job_id))
+
+    def list_page(self, status: str | None = None, *, page_size: int = 50,
+                  cursor: str | None = None) -> JobPage:
+        """One page of jobs, newest first; pass its `next_cursor` to get the next."""
+        return self._send(api.list_jobs(status, page_size, cursor))
+
+    def list(self, status: str | None = None, *, page_size: int = 50) -> Iterator[Job]:
+        """Every job (with that status), newest first, fetching pages as you iterate."""
+        cursor = None
+        while True:
+            page = self.list_page(status, page_size=page_size, cursor=cursor)
+            yield from page.data
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def metrics(self, job_id: str) -> builtins.list[MetricRow]:
+        """The per-epoch metrics, in order."""
+        return self._send(api.metrics(job_id))
+
+    def events(self, job_id: str, *, after: int = 0) -> builtins.list[Event]:
+        """The job's events so far (after event id `after`), oldest first."""
+        found: builtins.list[Event] = []
+        while batch := self._send(api.events(job_id, after)):
+            found.extend(batch)
+            after = batch[-1].id
+        return found
+
+    def follow(self, job_id: str, *, after: int = 0) -> Iterator[Event]:
+        """Events live from the stream until the job ends, resuming after a dropped connection."""
+        follower = EventFollower(job_id, after, self._retry)
+        while True:
+            try:
+                with self._http.stream("GET", follower.path, headers=follower.request_headers(),
+                                       timeout=self._stream_timeout) as response:
+                    if not response.is_success:
+                        response.read()
+                        delay = follower.after_response(response)
+                        if delay is None:
+                            raise error_from_response(response)
+                    else:
+                        for line in response.iter_lines():
+                            event = follower.feed(line)
+                            if event is not None:
+                                yield event
+                            if follower.finished:
+                                return
+                        delay = follower.after_eof()
+            except httpx.TransportError as exc:
+                delay = follower.after_error(exc)
+            time.sleep(delay)
+
+    def wait(self, job_id: str, timeout: float | None = None, *, poll_s: float = 2.0) -> Job:
+        """Poll until the job has finished and return it; WaitTimeout after timeout seconds."""
+        waiter = JobWaiter(timeout, poll_s)
+        while not (job := self.get(job_id)).is_terminal:
+            time.sleep(waiter.next_delay(job))
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask the job to stop (202): queued jobs end at once, running ones within seconds."""
+        return self._send(api.cancel(job_id))
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+        return self._send(api.retry(job_id))
+
+    def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
+        """The kept checkpoints, oldest first."""
+        return self._send(api.checkpoints(job_id))
+
+    def model_card(self, job_id: str) -> dict[str, Any]:
+        """What the trained model takes and returns, and how it was trained."""
+        return self._send(api.model_card(job_id))
+
+    def download_model(self, job_id: str, path: str | os.PathLike[str] | None = None,
+                       format: str | None = None) -> ModelFile:
+        """Stream the trained model to path (a file, or a folder for the server's filename).
+
+        The file appears only once its sha256 matches the ETag; ChecksumMismatch otherwise.
+        """
+        call = api.model_download(job_id, format)
+        retry = self._retry.start(call.idempotent)
+        while True:
+            try:
+                with self._http.stream(call.method, call.path, params=call.params,
+                                       headers=call.headers) as response:
+                    if response.is_success:
+                        writer = ModelWriter(path, response)
+                        try:
+                            for chunk in response.iter_bytes(CHUNK_BYTES):
+                                writer.write(chunk)
+                        except BaseException:
+                            writer.abort()
+                            raise
+                        return writer.finish()
+                    response.read()
+                    delay = retry.after_response(response)
+                    if delay is None:
+                        raise error_from_response(response)
+            except httpx.TransportError as exc:
+                delay = retry.after_error(exc)
+            time.sleep(delay)
+
+    # -- datasets -----------------------------------------------------------
+
+    def datasets(self) -> builtins.list[Dataset]:
+        """The datasets a job can train on."""
+        return self._send(api.list_datasets())
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return self._send(api.get_dataset(dataset_id))
+
+    def upload_dataset(self, path: str | os.PathLike[str], *, name: str | None = None,
+                       task: str | None = None, description: str | None = None) -> Dataset:
+        """Upload a dataset file (POST /v1/datasets, multipart); not retried."""
+        path = Path(path)
+        with path.open("rb") as file:
+            return self._send(api.upload_dataset(file, path.name, name=name or path.stem,
+                                                 task=task, description=description))

@@ -1,0 +1,240 @@
+"""The `trainery` CLI: job commands against the real stack, server commands as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+import app.cli as cli_module
+from app.cli import app, load_spec, worker_command
+from app.client import Client
+from tests.harness import REDIS_URL, ROOT, Stack, free_port
+from tests.specs import tiny_spec
+
+pytestmark = pytest.mark.integration
+Cli = Callable[..., Result]
+
+
+@pytest.fixture(scope="module")
+def cli(stack: Stack) -> Cli:
+    """Run `trainery --url <stack> ARGS...` in-process."""
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        return runner.invoke(app, ["--url", stack.url, *args], env={"TRAINERY_TOKEN": ""})
+
+    return run
+
+
+def spec_file(tmp_path: Path, spec: dict[str, Any], name: str = "spec.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def diabetes_job(cli: Cli) -> dict[str, Any]:
+    """The diabetes example, shortened, submitted and followed by the CLI."""
+    result = cli("submit", str(ROOT / "examples" / "diabetes-regression.yaml"),
+                 "--set", "training.epochs=2", "--set", "checkpoint.every_epochs=1",
+                 "--follow", "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    submitted, events, final = lines[0], lines[1:-1], lines[-1]
+    assert submitted["id"] == final["id"] and submitted["status"] in ("queued", "running")
+    assert [e["to_status"] for e in events if e["kind"] == "state"][-1] == "succeeded"
+    assert final["status"] == "succeeded" and final["progress"]["epoch"] == 2
+    return final
+
+
+def test_read_commands_and_json_output(diabetes_job: dict[str, Any], cli: Cli,
+                                       tmp_path: Path) -> None:
+    job_id = diabetes_job["id"]
+    status = cli("status", job_id, "--json")
+    assert status.exit_code == 0 and json.loads(status.stdout)["spec"]["task"] == "regression"
+    human = cli("status", job_id)
+    assert human.exit_code == 0 and "succeeded" in human.stdout and "mae" in human.stdout
+
+    listed = cli("list", "--status", "succeeded", "--limit", "0", "--json")
+    assert job_id in [j["id"] for j in json.loads(listed.stdout)]
+    assert cli("list").exit_code == 0
+
+    events = json.loads(cli("logs", job_id, "--json").stdout)
+    assert [e["to_status"] for e in events if e["kind"] == "state"] == ["queued", "running",
+                                                                       "succeeded"]
+    logs = cli("logs", job_id)
+    assert logs.exit_code == 0 and "epoch 2/2" in logs.stdout and "-> succeeded" in logs.stdout
+
+    rows = json.loads(cli("metrics", job_id, "--json").stdout)
+    assert [r["epoch"] for r in rows] == [1, 2] and "val_mae" in rows[0]
+    assert "val_mae" in cli("metrics", job_id).stdout
+
+    followed = cli("follow", job_id)
+    assert followed.exit_code == 0 and "succeeded" in followed.stdout
+
+    saved = cli("download", job_id, "-o", str(tmp_path / "diabetes.pt"), "--json")
+    assert saved.exit_code == 0, saved.output
+    info = json.loads(saved.stdout)
+    assert Path(info["path"]) == tmp_path / "diabetes.pt" and info["size"] > 0
+    weights = cli("download", job_id, "-o", str(tmp_path), "--format", "state_dict")
+    assert weights.exit_code == 0 and "sha256" in weights.stdout
+
+    datasets = json.loads(cli("datasets", "list", "--json").stdout)
+    assert "diabetes" in [d["id"] for d in datasets]
+
+
+def test_lenet_example_trains(stack: Stack, cli: Cli) -> None:
+    if stack.backend != "sqlite":  # type: ignore[attr-defined]
+        pytest.skip("the example trains alike on either backend; once keeps the suite quick")
+    result = cli("submit", str(ROOT / "examples" / "lenet-synthetic.yaml"),
+                 "--set", "training.epochs=1", "--set", "dataset.n_samples=500", "--follow")
+    assert result.exit_code == 0, result.output
+    assert "succeeded after 1 epochs" in result.stdout
+
+
+def test_follow_exits_1_when_the_job_fails(cli: Cli, tmp_path: Path) -> None:
+    bad = spec_file(tmp_path, tiny_spec(name="conv-on-vectors",
+                                        model={"layers": [{"type": "conv2d", "filters": 4}]}))
+    result = cli("submit", str(bad), "--follow")
+    assert result.exit_code == 1, result.output
+    assert "failed" in result.stdout and "user_error" in result.stdout
+
+
+def test_follow_exits_2_when_the_job_is_cancelled(stack: Stack, cli: Cli) -> None:
+    with Client(stack.url) as sdk:
+        job = sdk.submit(tiny_spec(name="cli-cancel", epochs=500))
+
+    def cancel_once_training() -> None:
+        with Client(stack.url) as other:
+            deadline = time.monotonic() + 60
+            while other.get(job.id).progress.epoch < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            other.cancel(job.id)
+
+    canceller = threading.Thread(target=cancel_once_training)
+    canceller.start()
+    followed = cli("follow", job.id)
+    canceller.join()
+    assert followed.exit_code == 2, followed.output
+    assert "cancelled" in followed.stdout
+
+
+def test_cancel_and_retry_commands(diabetes_job: dict[str, Any], cli: Cli,
+                                   tmp_path: Path) -> None:
+    # No worker takes queue "idle", so the job stays queued until cancelled: no race.
+    submitted = cli("submit", str(spec_file(tmp_path, tiny_spec(resources={"queue": "idle"}))),
+                    "--json")
+    job_id = json.loads(submitted.stdout)["id"]
+    cancelled = cli("cancel", job_id)
+    assert cancelled.exit_code == 0 and f"{job_id}: cancelled" in cancelled.stdout
+    not_ready = cli("download", job_id, "-o", str(tmp_path))
+    assert not_ready.exit_code == 3 and "model_not_ready" in not_ready.stderr
+    again = cli("cancel", job_id)
+    assert again.exit_code == 3 and "invalid_transition" in again.stderr
+
+    retried = cli("retry", job_id, "--json")
+    assert retried.exit_code == 0 and json.loads(retried.stdout)["status"] == "queued"
+    assert json.loads(cli("cancel", job_id, "--json").stdout)["status"] == "cancelled"
+    succeeded = cli("retry", diabetes_job["id"])
+    assert succeeded.exit_code == 3 and "invalid_transition" in succeeded.stderr
+
+
+def test_errors_exit_3_with_the_servers_message(cli: Cli, tmp_path: Path) -> None:
+    missing = cli("status", "job_doesnotexist")
+    assert missing.exit_code == 3 and "job_not_found" in missing.stderr
+    invalid = cli("submit", str(spec_file(tmp_path, tiny_spec(training={"epochs": 0}))))
+    assert invalid.exit_code == 3 and "training.epochs" in invalid.stderr
+    unreachable = CliRunner().invoke(app, ["--url", f"http://127.0.0.1:{free_port()}",
+                                           "status", "job_x"])
+    assert unreachable.exit_code == 3 and "connection_failed" in unreachable.stderr
+
+
+# -- without a server ---------------------------------------------------------
+
+
+def test_spec_files_and_overrides(tmp_path: Path) -> None:
+    spec = load_spec(ROOT / "examples" / "digits-mlp.yaml",
+                     ["training.epochs=3", "model.layers.1.rate=0.2", "name=short",
+                      "training.optimizer={name: sgd, lr: 0.1}"])
+    assert spec["training"]["epochs"] == 3 and spec["model"]["layers"][1]["rate"] == 0.2
+    assert spec["name"] == "short" and spec["training"]["optimizer"] == {"name": "sgd",
+                                                                         "lr": 0.1}
+    result = CliRunner().invoke(app, ["submit", str(spec_file(tmp_path, [1, 2]))])
+    assert result.exit_code == 3 and "mapping" in result.stderr
+
+
+def test_worker_and_api_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[tuple[list[str], dict[str, str] | None]] = []
+    monkeypatch.setattr(cli_module, "_exec", lambda argv, env=None: ran.append((argv, env)))
+    monkeypatch.setenv("TRAINERY_QUEUE_PREFIX", "acme")
+    runner = CliRunner()
+    assert runner.invoke(app, ["worker", "--gpu", "1", "--queue", "default",
+                               "--queue", "big"]).exit_code == 0
+    assert runner.invoke(app, ["api", "--port", "9001"]).exit_code == 0
+    (worker_argv, worker_env), (api_argv, _) = ran
+    assert worker_argv == worker_command("gpu1", ["default", "big"])
+    assert worker_argv[1:] == [
+        "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "acme.default,acme.big",
+        "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
+        "--without-gossip", "--without-mingle", "-n", "gpu1@%h", "--loglevel", "INFO"]
+    assert worker_env is not None and worker_env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert api_argv[1:] == ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                            "--port", "9001"]
+
+
+def test_broker_choice_falls_back_to_the_embedded_one(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    assert cli_module.choose_broker({"TRAINERY_BROKER_URL": "redis://x:1/0"}, tmp_path) == (
+        "redis://x:1/0", "from TRAINERY_BROKER_URL")
+    monkeypatch.setattr(cli_module, "_reachable", lambda host, port: False)
+    monkeypatch.setattr(cli_module.shutil, "which", lambda name: None)
+    url, why = cli_module.choose_broker({}, tmp_path)
+    assert url == f"sqla+sqlite:///{tmp_path}/broker.db" and "embedded" in why
+
+
+def test_up_runs_migrations_a_worker_and_the_api(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "TRAINERY_DATA_DIR": str(tmp_path / "var"),
+           "TRAINERY_BROKER_URL": "", "TRAINERY_DATABASE_URL": "",
+           "TRAINERY_QUEUE_PREFIX": f"up{port}", "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "up.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.3)
+        with Client(url) as sdk:
+            job = sdk.submit(tiny_spec(name="via-up", epochs=1))
+            assert sdk.wait(job.id, timeout=90).status == "succeeded"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    output = (tmp_path / "up.log").read_text()
+    assert code == 0, output
+    expected_broker = "Redis at 127.0.0.1:6379" if REDIS_URL.startswith(
+        "redis://127.0.0.1:6379") else "broker ="
+    assert expected_broker in output and (tmp_path / "var" / "trainery.db").exists()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz", timeout=2)

@@ -1,0 +1,251 @@
+"""The Keras training loop: the PyTorch trainer's skeleton and callbacks, on TensorFlow."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from app.schemas.spec import JobSpec, OptimizerSpec
+from workers.callbacks import Callback, Logs
+from workers.datasets import Dataset
+from workers.runners.common import StopFlag, StopRequested
+from workers.schedules import lr_at
+
+CHECKPOINT_FORMAT = "trainery.keras-checkpoint.v1"
+# PyTorch's Adam epsilon; Keras's default (1e-7) would make the same spec step differently.
+ADAM_EPSILON = 1e-8
+
+
+def configure_devices() -> Any | None:
+    """The GPU this process was pinned to (memory growth on), or None for the CPU.
+
+    The worker sets CUDA_VISIBLE_DEVICES before the runner starts; of what is
+    visible TensorFlow uses only the first GPU, as the PyTorch runner does. This
+    must run before TensorFlow creates its runtime.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    tf.config.set_visible_devices(gpus[0], "GPU")
+    tf.config.experimental.set_memory_growth(gpus[0], True)
+    return gpus[0]
+
+
+def dtype_policy_for(precision: str, gpu: Any | None) -> tuple[str, str]:
+    """The Keras dtype policy for a precision on this device, and a note if it fell back."""
+    if precision == "fp32":
+        return "float32", ""
+    if gpu is None:
+        return "float32", (f"{precision} mixed precision needs a GPU; training in fp32 on the CPU")
+    if precision == "bf16":
+        major, _ = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        if major < 8:
+            return "float32", "bf16 is not supported by this GPU; training in fp32"
+        return "mixed_bfloat16", ""
+    return "mixed_float16", ""
+
+
+def make_optimizer(spec: OptimizerSpec, policy: str = "float32") -> keras.optimizers.Optimizer:
+    """The Keras optimizer for a spec (weight decay other than adamw's is added by the trainer)."""
+    optimizer: keras.optimizers.Optimizer
+    if spec.name == "sgd":
+        optimizer = keras.optimizers.SGD(spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
+    elif spec.name == "adam":
+        optimizer = keras.optimizers.Adam(spec.lr, epsilon=ADAM_EPSILON)
+    elif spec.name == "adamw":
+        optimizer = keras.optimizers.AdamW(spec.lr, weight_decay=spec.weight_decay,
+                                           epsilon=ADAM_EPSILON)
+    else:
+        optimizer = keras.optimizers.RMSprop(spec.lr, rho=0.9, momentum=spec.momentum,
+                                             epsilon=1e-7)
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def l2_coefficient(spec: OptimizerSpec) -> float:
+    """The L2 term added to the gradient, as PyTorch's sgd, adam and rmsprop weight_decay do.
+
+    Keras's own weight_decay is decoupled (AdamW's), so only adamw uses it.
+    """
+    return 0.0 if spec.name == "adamw" else spec.weight_decay
+
+
+def make_loss(name: str) -> keras.losses.Loss:
+    if name == "cross_entropy":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return {"mse": keras.losses.MeanSquaredError, "mae": keras.losses.MeanAbsoluteError,
+            "huber": keras.losses.Huber}[name]()
+
+
+class KerasTrainer:
+    """Runs epochs over tensors kept on the device; syncs with the host once per epoch."""
+
+    def __init__(self, spec: JobSpec, model: keras.Model, dataset: Dataset, callbacks: Callback,
+                 stop: StopFlag | None = None, policy: str = "float32") -> None:
+        self.spec, self.model, self.dataset = spec, model, dataset
+        self.callbacks, self.stop = callbacks, stop or StopFlag()
+        self.epochs = spec.training.epochs
+        self.stop_training = False
+        self.start_epoch = 0
+        self.metrics = spec.metric_names()[1:]
+        self.optimizer = make_optimizer(spec.training.optimizer, policy)
+        self.optimizer.build(model.trainable_variables)
+        self.l2 = l2_coefficient(spec.training.optimizer)
+        self.loss_fn = make_loss(spec.loss_name())
+        self.x_train, self.y_train = tf.constant(dataset.x_train), tf.constant(dataset.y_train)
+        self.x_val, self.y_val = tf.constant(dataset.x_val), tf.constant(dataset.y_val)
+        jit = spec.training.compile
+        x_spec = tf.TensorSpec([None, *dataset.sample_shape], self.x_train.dtype)
+        y_spec = tf.TensorSpec([None, *dataset.y_train.shape[1:]], self.y_train.dtype)
+        self.train_step = tf.function(self._train_step, jit_compile=jit,
+                                      input_signature=[tf.TensorSpec([None], tf.int32)])
+        self.eval_step = tf.function(self._eval_step, jit_compile=jit,
+                                     input_signature=[x_spec, y_spec])
+
+    # -- checkpoints -------------------------------------------------------
+
+    def checkpoint_bytes(self, epoch: int) -> bytes:
+        """Everything needed to continue after `epoch` completed epochs, as an npz (no pickle).
+
+        The model's variables include the dropout layers' seed generators (the
+        only RNG training draws from; batch order is a function of seed and epoch).
+        """
+        arrays = {f"model.{i:04d}": v.numpy() for i, v in enumerate(self.model.variables)}
+        arrays.update({f"optimizer.{i:04d}": v.numpy()
+                       for i, v in enumerate(self.optimizer.variables)})
+        meta = {"format": CHECKPOINT_FORMAT, "epoch": epoch,
+                "model": [v.path for v in self.model.variables],
+                "optimizer": [v.path for v in self.optimizer.variables],
+                "callbacks": self.callbacks.state()}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def load_checkpoint(self, payload: bytes) -> int:
+        """Restore a checkpoint; the number of epochs it had completed."""
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes())
+            if meta.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"not a Keras checkpoint of this runner ({meta.get('format')!r})")
+            for group, variables in (("model", self.model.variables),
+                                     ("optimizer", self.optimizer.variables)):
+                if len(meta[group]) != len(variables):
+                    raise ValueError(f"the checkpoint's {group} has {len(meta[group])} variables, "
+                                     f"this one {len(variables)}")
+                for i, v in enumerate(variables):
+                    value = npz[f"{group}.{i:04d}"]
+                    if tuple(value.shape) != tuple(v.shape):
+                        raise ValueError(f"checkpoint variable {meta[group][i]} has shape "
+                                         f"{value.shape}, {v.path} needs {tuple(v.shape)}")
+                    v.assign(value)
+        self.callbacks.load_state(meta["callbacks"])
+        self.start_epoch = int(meta["epoch"])
+        return self.start_epoch
+
+    def snapshot_weights(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.model.weights]
+
+    def restore_weights(self, snapshot: list[np.ndarray]) -> None:
+        for v, value in zip(self.model.weights, snapshot, strict=True):
+            v.assign(value)
+
+    # -- the loop ----------------------------------------------------------
+
+    def _batches(self, epoch: int) -> Iterator[tf.Tensor]:
+        # The order depends on (seed, epoch) only, so a resumed run sees the
+        # same batches an uninterrupted one would have.
+        rng = np.random.default_rng(self.spec.training.seed * 1_000_003 + epoch)
+        order = rng.permutation(len(self.dataset.x_train)).astype(np.int32)
+        bs = self.spec.training.batch_size
+        for start in range(0, len(order), bs):
+            yield tf.constant(order[start:start + bs])
+
+    def _sums(self, loss: tf.Tensor, out: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """[loss * n, metric sums...] for one batch, in float64."""
+        n = tf.cast(tf.shape(out)[0], tf.float64)
+        sums = [tf.cast(loss, tf.float64) * n]
+        for name in self.metrics:
+            if name == "accuracy":
+                hit = tf.equal(tf.argmax(out, axis=1, output_type=y.dtype), y)
+                sums.append(tf.reduce_sum(tf.cast(hit, tf.float64)))
+            elif name == "mae":
+                sums.append(tf.reduce_sum(tf.cast(tf.reduce_mean(tf.abs(out - y), axis=1),
+                                                  tf.float64)))
+            else:  # mse
+                sums.append(tf.reduce_sum(tf.cast(tf.reduce_mean(tf.square(out - y), axis=1),
+                                                  tf.float64)))
+        return tf.stack(sums)
+
+    def _train_step(self, idx: tf.Tensor) -> tf.Tensor:
+        x, y = tf.gather(self.x_train, idx), tf.gather(self.y_train, idx)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            out = tf.cast(self.model(x, training=True), tf.float32)
+            loss = self.loss_fn(y, out)
+            objective = loss
+            if self.l2:
+                objective += 0.5 * self.l2 * tf.add_n([tf.reduce_sum(tf.square(v))
+                                                       for v in variables])
+            scaled = self.optimizer.scale_loss(objective)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._sums(loss, out, y)
+
+    def _eval_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        out = tf.cast(self.model(x, training=False), tf.float32)
+        return self._sums(self.loss_fn(y, out), out, y)
+
+    def _zeros(self) -> tf.Tensor:
+        return tf.zeros(1 + len(self.metrics), tf.float64)
+
+    def _logs(self, total: tf.Tensor, n: int) -> Logs:
+        values = (total / max(1, n)).numpy().tolist()  # the one host sync
+        return dict(zip(["loss", *self.metrics], values, strict=True))
+
+    def _train_epoch(self, epoch: int) -> Logs:
+        total = self._zeros()
+        for batch, idx in enumerate(self._batches(epoch)):
+            total += self.train_step(idx)
+            self.callbacks.on_batch_end(self, batch)
+            if self.stop.is_set():
+                raise StopRequested(self.stop.reason)
+        return self._logs(total, len(self.dataset.x_train))
+
+    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> Logs:
+        """Loss and metrics over (x, y) in inference mode."""
+        total = self._zeros()
+        bs = max(self.spec.training.batch_size, 1024)
+        for start in range(0, int(x.shape[0]), bs):
+            total += self.eval_step(x[start:start + bs], y[start:start + bs])
+        return self._logs(total, int(x.shape[0]))
+
+    def fit(self) -> Logs:
+        """Train from start_epoch to the end (or an early stop); the last epoch's logs."""
+        logs: Logs = {}
+        self.callbacks.on_train_begin(self)
+        base_lr = self.spec.training.optimizer.lr
+        for epoch in range(self.start_epoch, self.epochs):
+            lr = lr_at(self.spec.training.lr_schedule, base_lr, epoch, self.epochs)
+            self.optimizer.learning_rate = lr
+            self.callbacks.on_epoch_begin(self, epoch + 1)
+            started = time.perf_counter()
+            logs = self._train_epoch(epoch)
+            if len(self.dataset.x_val):
+                logs.update({f"val_{k}": v
+                             for k, v in self.evaluate(self.x_val, self.y_val).items()})
+            logs["lr"] = lr
+            logs["epoch_time_s"] = time.perf_counter() - started
+            self.callbacks.on_epoch_end(self, epoch + 1, logs)
+            if self.stop_training:
+                break
+        self.callbacks.on_train_end(self, logs)
+        return logs
