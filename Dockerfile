@@ -1,0 +1,35 @@
+# One file, two images:
+#   docker build --target api -t trainery-api .
+#   docker build --target worker -t trainery-worker .                 (CPU torch + TensorFlow)
+#   docker build --target worker --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
+#       --build-arg TF_PACKAGE=tensorflow[and-cuda] -t trainery-worker:cuda .
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TRAINERY_DATA_DIR=/var/lib/trainery
+WORKDIR /srv/trainery
+COPY pyproject.toml README.md alembic.ini ./
+COPY app ./app
+COPY workers ./workers
+COPY migrations ./migrations
+RUN mkdir -p /var/lib/trainery
+
+# The API: no torch, no tensorflow (the API process never imports them).
+FROM base AS api
+RUN pip install .
+EXPOSE 8000
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+
+# A worker: supervisor plus both runners. CPU wheels by default; pass
+# TORCH_INDEX (and TF_PACKAGE) for CUDA builds.
+FROM base AS worker
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0
+ARG TF_PACKAGE=tensorflow-cpu==2.21.0
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
+    && pip install "${TF_PACKAGE}" \
+    && pip install ".[torch,keras]"
+CMD ["celery", "-A", "workers.celery_app", "worker", "-Q", "trainery.default", "--pool", "solo", \
+     "--concurrency", "1", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", \
+     "-n", "worker@%h", "--loglevel", "INFO"]

@@ -1,0 +1,73 @@
+"""docker-compose.yml and the Dockerfile point at things that exist (no Docker engine here)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # type: ignore[no-any-return]
+
+
+def dockerfile_targets() -> set[str]:
+    return set(re.findall(r"^FROM \S+ AS (\w+)", (ROOT / "Dockerfile").read_text(), re.M))
+
+
+def check_command(argv: list[str]) -> None:
+    """Each command a service runs resolves to something this project provides."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    exe = argv[0]
+    if exe == "alembic":
+        assert argv[1:] == ["upgrade", "head"] and (ROOT / "alembic.ini").exists()
+        assert list((ROOT / "migrations" / "versions").glob("*.py"))
+    elif exe == "uvicorn":
+        module, attr = argv[1].split(":")
+        assert hasattr(importlib.import_module(module), attr)
+    elif exe == "celery":
+        assert argv[1] == "-A"
+        app = importlib.import_module(argv[2])
+        assert "trainery.wake" in app.app.tasks or importlib.import_module("workers.tasks")
+        assert "--pool" in argv and argv[argv.index("--pool") + 1] == "solo"
+    elif exe == "trainery":
+        assert exe in scripts
+        module, func = scripts[exe].split(":")
+        assert hasattr(importlib.import_module(module), func)
+    elif exe in ("redis-server", "python"):
+        pass  # provided by the image
+    else:
+        raise AssertionError(f"unknown command {argv}")
+
+
+def test_compose_services_and_their_commands() -> None:
+    services = compose()["services"]
+    assert {"postgres", "redis", "migrate", "api", "worker"} <= set(services)
+    for name, svc in services.items():
+        if "build" in svc:
+            assert svc["build"]["target"] in dockerfile_targets(), name
+        if "command" in svc:
+            check_command(svc["command"])
+
+
+def test_worker_reserves_a_gpu_and_api_waits_for_migrations() -> None:
+    services = compose()["services"]
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    env = services["api"]["environment"]
+    assert env["TRAINERY_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["TRAINERY_BROKER_URL"].startswith("redis://")
+
+
+def test_dockerfile_cmds_exist() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert dockerfile_targets() == {"base", "api", "worker"}
+    assert "TORCH_INDEX" in text  # the CUDA build argument
+    for cmd in re.findall(r'^CMD (\[.*?\])\s*$', text, re.M | re.S):
+        check_command(yaml.safe_load(cmd.replace("\\\n", " ")))
