@@ -11,7 +11,7 @@ from app.blobstore import BlobStore
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
-from app.routers import datasets, health, jobs
+from app.routers import datasets, health, jobs, workers
 from app.settings import Settings, get_settings
 
 
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(workers.router)
     return app
 
 

@@ -191,3 +191,49 @@ class Artifact(Base):
     filename: Mapped[str] = mapped_column(String(200))
     media_type: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerRecord(Base):
+    """A worker process as it last reported itself."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(20))  # "cuda:0" as pinned | "cpu"
+    gpu_name: Mapped[str | None] = mapped_column(String(200))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20))  # ready | device_failed | stopped
+    detail: Mapped[str] = mapped_column(Text, default="")
+    current_job: Mapped[str | None] = mapped_column(String(40))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded dataset, validated and stored normalised as one blob (an npz)."""
+
+    __tablename__ = "datasets"
+
+    # Content address: derived from owner, the upload's sha256 and the options that shape it.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    format: Mapped[str] = mapped_column(String(20))  # npz | csv | zip
+    task: Mapped[str] = mapped_column(String(20))
+    n_samples: Mapped[int] = mapped_column(Integer)
+    n_val: Mapped[int] = mapped_column(Integer, default=0)  # validation samples the upload brought
+    sample_shape: Mapped[list[int]] = mapped_column(JSON)
+    dtype: Mapped[str] = mapped_column(String(20))
+    num_classes: Mapped[int | None] = mapped_column(Integer)
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    feature_names: Mapped[list[str] | None] = mapped_column(JSON)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_datasets_owner_created", "owner", "created_at"),)

@@ -51,12 +51,29 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = Field(2.0, gt=0)
     # How long a runner gets to stop at a batch boundary before it is killed.
     stop_grace_s: float = Field(20.0, gt=0)
+    # Fleet: explicit GPU indices ("0,1") win over asking nvidia-smi; with no GPU,
+    # cpu_slots CPU workers start. gpu_pool_queues adds pools ("gpu.a100") GPU
+    # workers serve; cpu_takes_gpu_jobs lets CPU workers run gpus>=1 jobs on a
+    # machine without GPUs (a laptop, CI), with an event saying so.
+    gpus: str | None = None
+    cpu_slots: int = Field(1, ge=1, le=64)
+    worker_queues: str = ""
+    cpu_takes_gpu_jobs: bool = True
+    max_gpus_per_job: int = Field(1, ge=0)
     # Test-only fault injection for the runner, e.g. "segfault@2" (see docs).
     fault_injection: str = ""
     blob_chunk_bytes: int = Field(1 << 20, ge=1024)
     db_pool_size: int = Field(5, ge=1)
     worker_name: str = ""
     runner_python: str = ""
+
+    # Dataset uploads (docs/datasets.md): the largest file accepted, what its
+    # archive (zip, npz) may unpack to and how many files it may hold, and the
+    # local disk each worker host gives to cached datasets (least recently used go first).
+    max_upload_bytes: int = Field(256 << 20, ge=1)
+    max_unpacked_bytes: int = Field(2 << 30, ge=1)
+    max_upload_files: int = Field(100_000, ge=1)
+    dataset_cache_bytes: int = Field(8 << 30, ge=0)
 
     limits: Limits = Field(default_factory=Limits)
 

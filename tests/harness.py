@@ -105,9 +105,9 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError("API did not start:\n" + self.log_path("api").read_text()[-3000:])
 
-    def start_worker(self, name: str = "w1", queues: Iterable[str] = ("default",),
+    def start_worker(self, name: str = "w1", queues: Iterable[str] = ("default", "gpu"),
                      env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A real Celery worker process (prefork, concurrency 1)."""
+        """A real Celery worker process, as `trainery worker` starts one on a CPU-only machine."""
         qs = ",".join(f"{self.prefix}.{q}" for q in queues)
         proc = self._spawn(f"worker-{name}", [
             sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", qs,

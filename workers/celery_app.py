@@ -36,11 +36,16 @@ def _remember_hostname(sender: str, **_: Any) -> None:
 
 @worker_ready.connect
 def _start_duties(sender: Any, **_: Any) -> None:
+    # Runs before the consumer's loop starts, so a worker whose device check
+    # fails stops consuming before it could take a job.
     from workers import tasks
 
     prefix = f"{settings.queue_prefix}."
-    queues = [q.name.removeprefix(prefix) for q in sender.task_consumer.queues]
-    tasks.start_worker_duties(_hostname, queues)
+    queues = [q.name for q in sender.task_consumer.queues]
+    ok = tasks.start_worker_duties(_hostname, [q.removeprefix(prefix) for q in queues])
+    if not ok:
+        for queue in queues:
+            sender.cancel_task_queue(queue)
 
 
 @worker_shutting_down.connect

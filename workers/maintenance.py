@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import transaction
 from app.models import Job, JobStatus, utcnow
 from app.services import lifecycle
+from app.services import workers as worker_service
 from app.settings import Settings
 from workers.supervisor import Supervisor
 
@@ -26,9 +27,11 @@ class Maintenance:
     """Runs reap() and reconcile() every maintenance_interval_s on a daemon thread."""
 
     def __init__(self, factory: sessionmaker[Session], settings: Settings, supervisor: Supervisor,
-                 queues: Sequence[str], send_wake: Callable[[str, str], object]) -> None:
+                 queues: Sequence[str], send_wake: Callable[[str, str], object],
+                 reconcile: bool = True) -> None:
         self.factory, self.settings, self.supervisor = factory, settings, supervisor
         self.queues, self.send_wake = list(queues), send_wake
+        self.reconciles = reconcile  # a worker that takes no jobs must not claim to be idle
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="trainery-maintenance",
                                         daemon=True)
@@ -42,10 +45,23 @@ class Maintenance:
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.maintenance_interval_s):
             try:
+                self.beat()
                 self.reap()
-                self.reconcile()
+                if self.reconciles:
+                    self.reconcile()
             except Exception:  # noqa: BLE001 - a bad tick must not end the thread
                 log.exception("maintenance tick failed")
+        try:
+            self.beat(state="stopped")
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            log.exception("could not record the worker's stop")
+
+    def beat(self, state: str | None = None) -> None:
+        """Record in SQL that this worker is alive and what it runs."""
+        current = self.supervisor.current
+        with transaction(self.factory) as session:
+            worker_service.beat(session, self.supervisor.worker,
+                                current[0] if current else None, state)
 
     def reap(self) -> list[str]:
         """Requeue (or fail) live jobs whose heartbeat stopped; the ids handled."""

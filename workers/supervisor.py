@@ -77,6 +77,7 @@ class Supervisor:
         self.send_wake = send_wake
         self.shutdown = threading.Event()
         self.current: tuple[str, int] | None = None
+        self.device = "cpu"  # set from the device check
         self.idle_since = time.monotonic()
 
     def wake(self, job_id: str) -> tuple[str, int] | None:
@@ -104,7 +105,13 @@ class Supervisor:
     def supervise(self, job_id: str, attempt: int) -> None:
         """Run attempt of job_id in a runner subprocess until it ends, then record how."""
         with self.factory() as session:
-            max_runtime = float(session.get_one(Job, job_id).spec["resources"]["max_runtime_s"])
+            spec = session.get_one(Job, job_id).spec
+        max_runtime = float(spec["resources"]["max_runtime_s"])
+        if spec["resources"].get("gpus", 0) >= 1 and not self.device.startswith("cuda"):
+            with transaction(self.factory) as session:
+                lifecycle.add_event(session, job_id, f"the job asks for a GPU; worker "
+                                    f"{self.worker} has none (a CPU-only fleet), so it trains on "
+                                    "the CPU", attempt=attempt)
         with tempfile.TemporaryDirectory(prefix="trainery-") as tmp:
             result_path, log_path = Path(tmp) / "result.json", Path(tmp) / "runner.log"
             with log_path.open("wb") as log_file:

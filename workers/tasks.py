@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 from app.broker import WAKE_TASK
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, make_sessionmaker, transaction
 from app.services import dispatch
+from app.services import workers as worker_service
 from app.settings import get_settings
 from workers.celery_app import app
 from workers.maintenance import Maintenance
@@ -36,15 +42,38 @@ def init_supervisor(hostname: str | None = None) -> Supervisor:
     return _supervisor
 
 
-def start_worker_duties(hostname: str | None, queues: Sequence[str]) -> None:
-    """Start the reaper and reconciler thread for the queues this worker serves."""
+def device_check() -> dict[str, Any]:
+    """Run workers.devicecheck in a child process; its verdict."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "workers.devicecheck"], capture_output=True,
+                             text=True, timeout=300)
+        return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        return {"ok": False, "device": "?", "gpu_name": None, "detail": f"check failed: {exc}"}
+
+
+def start_worker_duties(hostname: str | None, queues: Sequence[str]) -> bool:
+    """Check the device, register in SQL, start the maintenance thread; False if the check failed."""
     global _maintenance
     supervisor = init_supervisor(hostname)
+    verdict = device_check()
+    state = "ready" if verdict["ok"] else "device_failed"
+    with transaction(supervisor.factory) as session:
+        worker_service.register(
+            session, name=supervisor.worker, hostname=socket.gethostname(), pid=os.getpid(),
+            device=str(verdict["device"]), gpu_name=verdict.get("gpu_name"), queues=list(queues),
+            state=state, detail=str(verdict["detail"]))
+    if not verdict["ok"]:
+        log.error("worker %s failed its device check (%s); it takes no jobs", supervisor.worker,
+                  verdict["detail"])
+    supervisor.device = str(verdict["device"])
     if _maintenance is None:
         _maintenance = Maintenance(supervisor.factory, supervisor.settings, supervisor, queues,
-                                   supervisor.send_wake)
+                                   supervisor.send_wake, reconcile=bool(verdict["ok"]))
         _maintenance.start()
-        log.info("worker %s serves queues %s", supervisor.worker, ", ".join(queues))
+    log.info("worker %s on %s serves queues %s", supervisor.worker, verdict["device"],
+             ", ".join(queues))
+    return bool(verdict["ok"])
 
 
 def request_shutdown() -> None:

@@ -19,6 +19,7 @@ from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPubli
 from app.schemas.spec import JobSpec
 from app.services import jobs as job_service
 from app.services import dispatch
+from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -33,7 +34,8 @@ def submit_job(spec: JobSpec, response: Response, factory: SessionFactoryDep,
     """Store the job, then (after the commit) wake a worker."""
     with transaction(factory) as session:
         job, created = job_service.submit(session, spec, owner=owner, limits=settings.limits,
-                                          idempotency_key=idempotency_key)
+                                          idempotency_key=idempotency_key,
+                                          max_gpus_per_job=settings.max_gpus_per_job)
     if created:
         dispatch.wake(factory, celery, settings, job.id, job.queue)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -41,16 +43,17 @@ def submit_job(spec: JobSpec, response: Response, factory: SessionFactoryDep,
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     with factory() as session:
-        return job_service.to_public(session, job_service.get_job(session, job.id, owner))
+        return _public(session, job.id, owner, settings)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
-def cancel_job(job_id: str, factory: SessionFactoryDep, owner: OwnerDep) -> JobPublic:
+def cancel_job(job_id: str, factory: SessionFactoryDep, settings: SettingsDep,
+               owner: OwnerDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops at its next batch."""
     with transaction(factory) as session:
         job_service.cancel(session, job_id, owner)
     with factory() as session:
-        return job_service.to_public(session, job_service.get_job(session, job_id, owner))
+        return _public(session, job_id, owner, settings)
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobPublic)
@@ -61,23 +64,31 @@ def retry_job(job_id: str, factory: SessionFactoryDep, settings: SettingsDep, ce
         job = job_service.retry(session, job_id, owner)
     dispatch.wake(factory, celery, settings, job.id, job.queue)
     with factory() as session:
-        return job_service.to_public(session, job_service.get_job(session, job_id, owner))
+        return _public(session, job_id, owner, settings)
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, owner: OwnerDep, status: str | None = None,
+def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep,
+              status: str | None = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
               cursor: str | None = None) -> JobsPublic:
     """Jobs newest first, a page at a time."""
     page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
                                               cursor=cursor)
-    return JobsPublic(data=[job_service.to_public(session, j) for j in page],
+    return JobsPublic(data=[job_service.to_public(session, j, settings.worker_lost_after_s)
+                            for j in page],
                       next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
-    return job_service.to_public(session, job_service.get_job(session, job_id, owner))
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep,
+            settings: SettingsDep) -> JobPublic:
+    return _public(session, job_id, owner, settings)
+
+
+def _public(session: Session, job_id: str, owner: str, settings: Settings) -> JobPublic:
+    job = job_service.get_job(session, job_id, owner)
+    return job_service.to_public(session, job, settings.worker_lost_after_s)
 
 
 @router.get("/{job_id}/metrics")

@@ -14,15 +14,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.catalog import BUILTIN_DATASETS
-from app.errors import InvalidInput, InvalidTransition, JobNotFound, ModelNotReady, NotFound, problem
+from app.errors import (
+    ExportUnavailable,
+    InvalidInput,
+    InvalidTransition,
+    JobNotFound,
+    ModelNotReady,
+    NotFound,
+    problem,
+)
 from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent, JobStatus
 from app.schemas.jobs import JobError, JobPublic, Progress
 from app.schemas.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
-from app.services import lifecycle
+from app.services import datasets, lifecycle, workers
 from app.settings import Limits
-
-DEFAULT_QUEUE = "default"
-
 
 class IdempotencyMismatch(InvalidInput):
     status_code = 409
@@ -33,7 +38,7 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex[:24]}"
 
 
-def check_limits(spec: JobSpec, limits: Limits) -> None:
+def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> None:
     """Raise InvalidInput listing every field over the service's limits."""
     problems: list[dict[str, Any]] = []
 
@@ -46,6 +51,11 @@ def check_limits(spec: JobSpec, limits: Limits) -> None:
     over(("training", "batch_size"), spec.training.batch_size, limits.max_batch_size, "batch_size")
     over(("resources", "max_runtime_s"), spec.resources.max_runtime_s, limits.max_runtime_s,
          "max_runtime_s")
+    if spec.resources.gpus > max_gpus_per_job:
+        problems.append(problem(("resources", "gpus"),
+                                f"no worker could ever run this job: each worker holds "
+                                f"{max_gpus_per_job} GPU, and the job asks for {spec.resources.gpus}",
+                                "unschedulable"))
     if spec.model.layers is not None:
         over(("model", "layers"), len(spec.model.layers), limits.max_layers, "the layer count")
         for i, layer in enumerate(spec.model.layers):
@@ -66,16 +76,17 @@ def check_limits(spec: JobSpec, limits: Limits) -> None:
 
 
 def submit(session: Session, spec: JobSpec, *, owner: str, limits: Limits,
-           idempotency_key: str | None) -> tuple[Job, bool]:
+           idempotency_key: str | None, max_gpus_per_job: int = 1) -> tuple[Job, bool]:
     """Store a new queued job; (job, created). A repeated idempotency key returns the first job."""
-    check_limits(spec, limits)
+    check_limits(spec, limits, max_gpus_per_job)
+    datasets.check_job_dataset(session, spec, owner)
     spec_json = spec.model_dump(mode="json", exclude_none=True)
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
             return _replay(existing, spec_json), False
     job = Job(id=new_job_id(), owner=owner, name=spec.name, framework=spec.framework,
-              priority=spec.priority, queue=spec.resources.queue or DEFAULT_QUEUE,
+              priority=spec.priority, queue=workers.route(spec),
               spec=spec_json, idempotency_key=idempotency_key, attempt=0,
               progress_epoch=0, progress_epochs=spec.training.epochs)
     try:
@@ -162,23 +173,7 @@ def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
     return jobs[:limit], next_cursor
 
 
-def pending_reason(session: Session, job: Job) -> str | None:
-    """Why a queued job is waiting, in words."""
-    if job.status != JobStatus.QUEUED.value:
-        return None
-    ahead = session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.queue == job.queue, Job.status == JobStatus.QUEUED.value, Job.id != job.id,
-            or_(Job.priority > job.priority,
-                and_(Job.priority == job.priority, Job.created_at <= job.created_at))))
-    running = session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.queue == job.queue, Job.status.in_(lifecycle.LIVE)))
-    return (f"{ahead} job(s) ahead in queue {job.queue}; {running} running; "
-            "waiting for a free worker")
-
-
-def to_public(session: Session, job: Job) -> JobPublic:
+def to_public(session: Session, job: Job, lost_after_s: float = 30.0) -> JobPublic:
     """The job as the API shows it."""
     error = (JobError(type=job.error_type, message=job.error_message or "")
              if job.error_type else None)
@@ -189,7 +184,9 @@ def to_public(session: Session, job: Job) -> JobPublic:
         finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
         progress=Progress(epoch=job.progress_epoch, epochs=job.progress_epochs),
         metrics=job.metrics, best=job.best, error=error,
-        pending_reason=pending_reason(session, job), spec=job.spec)
+        pending_reason=(workers.pending_reason(session, job, lost_after_s)
+                        if job.status == JobStatus.QUEUED.value else None),
+        spec=job.spec)
 
 
 def metrics(session: Session, job: Job) -> list[dict[str, Any]]:
@@ -233,6 +230,9 @@ def model_artifact(session: Session, job: Job, fmt: str | None) -> tuple[Artifac
         .where(Artifact.job_id == job.id, Artifact.format == fmt, Blob.complete.is_(True))
     ).tuples().one_or_none()
     if row is None:
+        reason = ((job.model_card or {}).get("unavailable_formats") or {}).get(fmt)
+        if reason:
+            raise ExportUnavailable(f"job {job.id} has no {fmt} export: {reason}")
         raise NotFound(f"job {job.id} has no {fmt} export")
     return row
 

@@ -1,0 +1,34 @@
+"""/v1/workers: the live fleet."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from app.deps import SessionDep, SettingsDep
+from app.services import workers as worker_service
+
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+
+class WorkerPublic(BaseModel):
+    name: str
+    hostname: str
+    pid: int
+    device: str
+    gpu_name: str | None
+    queues: list[str]
+    state: str
+    detail: str
+    current_job: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@router.get("", response_model=dict[str, list[WorkerPublic]])
+def list_workers(session: SessionDep, settings: SettingsDep) -> dict[str, list[WorkerPublic]]:
+    """Workers that reported recently: their device, queues, current job and last heartbeat."""
+    rows = worker_service.live(session, settings.worker_lost_after_s)
+    return {"data": [WorkerPublic.model_validate(w, from_attributes=True) for w in rows]}

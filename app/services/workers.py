@@ -1,0 +1,86 @@
+"""The fleet as SQL sees it: worker registration, heartbeats, and routing of jobs to queues."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobStatus, WorkerRecord, utcnow
+from app.schemas.spec import JobSpec
+from app.services import lifecycle
+
+GPU_QUEUE = "gpu"
+DEFAULT_QUEUE = "default"
+
+
+def route(spec: JobSpec) -> str:
+    """The queue a job waits in: its named pool, else gpu for GPU jobs, else default."""
+    if spec.resources.queue:
+        return spec.resources.queue
+    return GPU_QUEUE if spec.resources.gpus >= 1 else DEFAULT_QUEUE
+
+
+def register(session: Session, *, name: str, hostname: str, pid: int, device: str,
+             gpu_name: str | None, queues: list[str], state: str, detail: str = "") -> None:
+    """Insert or refresh this worker's row."""
+    row = session.get(WorkerRecord, name)
+    now = utcnow()
+    if row is None:
+        row = WorkerRecord(name=name)
+        session.add(row)
+    row.hostname, row.pid, row.device, row.gpu_name = hostname, pid, device, gpu_name
+    row.queues, row.state, row.detail = queues, state, detail
+    row.current_job, row.started_at, row.heartbeat_at = None, now, now
+
+
+def beat(session: Session, name: str, current_job: str | None, state: str | None = None) -> None:
+    values: dict[str, Any] = {"heartbeat_at": utcnow(), "current_job": current_job}
+    if state is not None:
+        values["state"] = state
+    session.execute(update(WorkerRecord).where(WorkerRecord.name == name).values(**values))
+
+
+def live(session: Session, lost_after_s: float) -> list[WorkerRecord]:
+    """Workers that reported within lost_after_s and have not stopped, with their current job.
+
+    The current job comes from the jobs table (the claim), not from the worker's
+    last heartbeat, so it is right from the moment a job is claimed.
+    """
+    since = utcnow() - timedelta(seconds=lost_after_s)
+    rows = list(session.scalars(
+        select(WorkerRecord).where(WorkerRecord.heartbeat_at >= since,
+                                   WorkerRecord.state != "stopped")
+        .order_by(WorkerRecord.name)))
+    running = dict(session.execute(
+        select(Job.worker, Job.id).where(Job.status.in_(lifecycle.LIVE),
+                                         Job.worker.in_([w.name for w in rows]))).tuples().all())
+    for w in rows:
+        session.expunge(w)  # a read model: never written back
+        w.current_job = running.get(w.name)
+    return rows
+
+
+def pending_reason(session: Session, job: Job, lost_after_s: float) -> str:
+    """Why a queued job waits, in words a person can act on."""
+    ahead = session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.queue == job.queue, Job.status == JobStatus.QUEUED.value, Job.id != job.id,
+            (Job.priority > job.priority)
+            | ((Job.priority == job.priority) & (Job.created_at <= job.created_at))))
+    serving = [w for w in live(session, lost_after_s) if job.queue in w.queues]
+    ready = [w for w in serving if w.state == "ready"]
+    if not ready:
+        broken = f" ({len(serving)} failed their device check)" if serving else ""
+        return f"no live worker serves queue {job.queue}{broken}"
+    busy = sum(1 for w in ready if w.current_job)
+    kind = "GPU" if job.queue.startswith(GPU_QUEUE) else "CPU/GPU"
+    if busy < len(ready):
+        return (f"{ahead} job(s) ahead in queue {job.queue}; "
+                f"{len(ready) - busy} of {len(ready)} {kind} workers idle, starting soon")
+    state = "busy" if len(ready) == 1 else "all busy"
+    return (f"{ahead} job(s) ahead in queue {job.queue}; {len(ready)} {kind} worker(s), {state}")
+
+
