@@ -287,3 +287,23 @@ def test_visibility_timeout_redelivery_never_runs_a_job_twice(
         assert logs.count("Task trainery.wake[") >= 2, "the message was never redelivered"
     finally:
         stack.stop()
+
+
+def test_a_keras_job_resumes_after_its_worker_is_killed(fresh_stack: Stack) -> None:
+    env = {"TRAINERY_FAULT_INJECTION": "slow@0:0.01/keras-resume"}
+    fresh_stack.start_worker("k1", env=env)
+    spec = chaos_spec("keras-resume", epochs=5, n_samples=3000)
+    spec["framework"] = "keras"
+    job = fresh_stack.submit(spec)
+    running = wait_running(fresh_stack, job["id"], min_epoch=2, timeout=120)
+    proc = fresh_stack.workers.pop("k1")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fresh_stack.start_worker("k2", env=env)
+    done = fresh_stack.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded" and done["attempt"] == 2
+    resumed = [e for e in events(fresh_stack, job["id"]) if "resumed from" in e["message"]]
+    assert resumed and resumed[0]["data"]["epoch"] >= running["progress"]["epoch"]
+    rows = fresh_stack.client.get(f"/v1/jobs/{job['id']}/metrics").json()
+    assert [r["epoch"] for r in rows] == list(range(1, 6))
+    assert rows[-1]["val_accuracy"] > 0.8
