@@ -30,6 +30,4 @@ ARG TF_PACKAGE=tensorflow-cpu==2.21.0
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
     && pip install "${TF_PACKAGE}" \
     && pip install ".[torch,keras]"
-CMD ["celery", "-A", "workers.celery_app", "worker", "-Q", "trainery.default", "--pool", "solo", \
-     "--concurrency", "1", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", \
-     "-n", "worker@%h", "--loglevel", "INFO"]
+CMD ["trainery", "worker"]

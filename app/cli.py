@@ -5,7 +5,8 @@ commands (`api`, `worker`, `up`) start the service's programs as subprocesses, s
 module never imports the service, Celery or a training framework.
 
 Exit codes: 0 success; 1 the job failed; 2 the job was cancelled (and usage errors);
-3 the request failed (the server said no, could not be reached, or the input is bad).
+3 the request failed (the server said no, could not be reached, or the input is bad);
+130 interrupted (Ctrl-C stops the command, not the job).
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from app.client import Client, Event, Job, TraineryError
 from app.client.api import DEFAULT_URL
 from app.client.errors import describe_detail
 
-EXIT_FAILED, EXIT_CANCELLED, EXIT_ERROR = 1, 2, 3
+EXIT_FAILED, EXIT_CANCELLED, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 3, 130
 STATUS_STYLES = {"queued": "yellow", "running": "cyan", "cancelling": "magenta",
                  "succeeded": "green", "failed": "red", "cancelled": "bright_black"}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,8 @@ app.add_typer(datasets_app, name="datasets")
 
 JobId = Annotated[str, typer.Argument(help="The job's id (job_...).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+MaxWait = Annotated[float | None, typer.Option(
+    min=0, help="Give up (exit 3) if the job has not ended after this many seconds.")]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ def _client(ctx: typer.Context) -> Iterator[Client]:
             yield client
     except TraineryError as exc:
         _fail(f"{exc.error}: {describe_detail(exc.detail) or exc}")
+    except KeyboardInterrupt:
+        # Only the client stops: a followed job trains on (`trainery cancel` stops it).
+        Console(stderr=True).print("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _fail(message: str) -> NoReturn:
@@ -117,13 +124,23 @@ def _metrics_text(values: Mapping[str, Any] | None) -> str:
     if not values:
         return ""
     return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in values.items() if k not in ("epoch", "epoch_time_s"))
+                     for k, v in values.items()
+                     if k not in ("epoch", "epoch_time_s") and isinstance(v, (int, float, str)))
+
+
+def _best_text(best: Mapping[str, Any], *, short: bool = False) -> str:
+    """`val_loss 0.2141 at epoch 6` (short: without the epoch), from the job's `best`."""
+    if "monitor" not in best or not isinstance(best.get("value"), (int, float)):
+        return "" if short else _metrics_text(best)
+    epoch = f" at epoch {best['epoch']}" if "epoch" in best and not short else ""
+    return f"{best['monitor']} {best['value']:.4g}{epoch}"
 
 
 def _event_text(event: Event) -> Text:
     text = Text(f"{event.ts.astimezone():%H:%M:%S} ", style="bright_black")
     if event.kind == "state":
-        text.append(f"{event.from_status or '-'} -> ")
+        if event.from_status:
+            text.append(f"{event.from_status} -> ")
         text.append_text(_status(event.to_status or "?"))
         text.append(f"  {event.message}")
     elif event.kind == "metrics":
@@ -148,7 +165,7 @@ def _job_details(job: Job) -> Table:
     if job.metrics:
         rows.append(("metrics", _metrics_text(job.metrics)))
     if job.best:
-        rows.append(("best", _metrics_text(job.best)))
+        rows.append(("best", _best_text(job.best)))
     if job.pending_reason:
         rows.append(("waiting", job.pending_reason))
     if job.error:
@@ -191,10 +208,21 @@ class EpochClock:
         return _duration(sum(self.recent) / len(self.recent) * left)
 
 
-def _follow(client: Client, job_id: str, as_json: bool) -> int:
+class JobProgress(Progress):
+    """A progress bar over epochs with the latest metrics on a line of their own below it."""
+
+    metrics = ""
+
+    def get_renderables(self) -> Iterator[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.metrics:
+            yield Text(f"  {self.metrics}", style="bright_black")
+
+
+def _follow(client: Client, job_id: str, as_json: bool, max_wait: float | None) -> int:
     """Show the job live until it ends; its exit code (0 succeeded, 1 failed, 2 cancelled)."""
     if as_json:
-        for event in client.follow(job_id):
+        for event in client.follow(job_id, timeout=max_wait):
             _print_json(event.to_json(), compact=True)
         job = client.get(job_id)
         _print_json(job.to_json(), compact=True)
@@ -205,18 +233,17 @@ def _follow(client: Client, job_id: str, as_json: bool) -> int:
         console.print(Text(f"waiting: {job.pending_reason}", style="bright_black"))
     clock = EpochClock()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("epochs"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
-               TextColumn("{task.fields[metrics]}"))
-    with Progress(*columns, console=console) as progress:
+               TextColumn("epochs"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"))
+    with JobProgress(*columns, console=console) as progress:
         task = progress.add_task(f"{job.name} {job.status}", total=job.progress.epochs or None,
-                                 completed=job.progress.epoch, eta="-",
-                                 metrics=_metrics_text(job.metrics))
-        for event in client.follow(job_id):
+                                 completed=job.progress.epoch, eta="-")
+        progress.metrics = _metrics_text(job.metrics)
+        for event in client.follow(job_id, timeout=max_wait):
             if event.kind == "metrics" and event.data:
                 total = int(progress.tasks[0].total or 0)
+                progress.metrics = _metrics_text(event.data)
                 progress.update(task, completed=event.data.get("epoch", 0),
-                                eta=clock.eta(event.data, total),
-                                metrics=_metrics_text(event.data))
+                                eta=clock.eta(event.data, total))
                 continue
             if event.kind == "state" and event.to_status:
                 progress.update(task, description=f"{job.name} {event.to_status}")
@@ -273,6 +300,7 @@ def submit(
         "--set", help="Override a field: dotted.path=value (YAML value); repeatable.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(
         help="Reuse a key to make a repeated submit return the first job.")] = None,
+    max_wait: MaxWait = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Submit a job spec; with --follow, exit like `follow` does."""
@@ -286,7 +314,7 @@ def submit(
             Console().print(Text.assemble(f"submitted {job.id} ({job.name}, {job.framework}): ",
                                           _status(job.status)))
         if follow:
-            code = _follow(client, job.id, json_output)
+            code = _follow(client, job.id, json_output, max_wait)
     if code:
         raise typer.Exit(code)
 
@@ -316,23 +344,28 @@ def list_jobs(
     if json_output:
         _print_json([job.to_json() for job in shown])
         return
-    table = Table("id", "name", "framework", "status", "epoch", "created", "metrics")
+    table = Table(Column("ID", no_wrap=True, min_width=28), "NAME",
+                  Column("STATUS", no_wrap=True), Column("EPOCH", no_wrap=True),
+                  Column("CREATED", no_wrap=True), "BEST", box=None, pad_edge=False,
+                  header_style="bold")
     for job in shown:
-        table.add_row(job.id, job.name, job.framework, _status(job.status),
-                      f"{job.progress.epoch}/{job.progress.epochs}", _when(job.created_at),
-                      _metrics_text(job.metrics))
+        created = job.created_at.astimezone().strftime("%m-%d %H:%M") if job.created_at else ""
+        table.add_row(job.id, job.name, _status(job.status),
+                      f"{job.progress.epoch}/{job.progress.epochs}", created,
+                      _best_text(job.best, short=True) if job.best else "")
     Console().print(table)
 
 
 @app.command("follow")
-def follow_job(ctx: typer.Context, job_id: JobId, json_output: JsonOutput = False) -> None:
+def follow_job(ctx: typer.Context, job_id: JobId, max_wait: MaxWait = None,
+               json_output: JsonOutput = False) -> None:
     """Follow a job live: a progress bar over epochs with the latest metrics and ETA.
 
     Exits 0 if it succeeded, 1 if it failed, 2 if it was cancelled. With --json, prints one
     JSON object per line: each event, then the finished job.
     """
     with _client(ctx) as client:
-        code = _follow(client, job_id, json_output)
+        code = _follow(client, job_id, json_output, max_wait)
     if code:
         raise typer.Exit(code)
 
@@ -342,13 +375,14 @@ def logs(
     ctx: typer.Context, job_id: JobId,
     follow: Annotated[bool, typer.Option("--follow", "-f",
                                          help="Keep printing until the job ends.")] = False,
+    max_wait: MaxWait = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Print a job's events: state changes, epoch metrics, log lines."""
     console = Console()
     with _client(ctx) as client:
         if follow:
-            for event in client.follow(job_id):
+            for event in client.follow(job_id, timeout=max_wait):
                 if json_output:
                     _print_json(event.to_json(), compact=True)
                 else:
@@ -427,30 +461,70 @@ def datasets_list(ctx: typer.Context, json_output: JsonOutput = False) -> None:
     if json_output:
         _print_json([d.to_json() for d in found])
         return
-    table = Table("id", "task", "samples", "sample shape", "classes", "description")
+    table = Table(Column("ID", no_wrap=True), "TASK", Column("SAMPLES", justify="right"),
+                  Column("SHAPE", no_wrap=True), Column("CLASSES", justify="right"),
+                  "DESCRIPTION", box=None, pad_edge=False, header_style="bold")
     for d in found:
-        table.add_row(d.id, d.task, str(d.n_samples or "-"),
-                      str(d.sample_shape) if d.sample_shape else "-",
-                      str(d.num_classes or "-"), d.description)
+        shape = "x".join(map(str, d.sample_shape)) if d.sample_shape else "-"
+        table.add_row(d.id, d.task, str(d.n_samples or "-"), shape,
+                      str(d.num_classes or "-"), d.description or d.name)
+    Console().print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(ctx: typer.Context, dataset_id: Annotated[str, typer.Argument()],
+                  json_output: JsonOutput = False) -> None:
+    """Show one dataset: shape, classes, size."""
+    with _client(ctx) as client:
+        dataset = client.dataset(dataset_id)
+    if json_output:
+        _print_json(dataset.to_json())
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in dataset.to_json().items():
+        if value is not None and value != "":
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value))
     Console().print(table)
 
 
 @datasets_app.command("upload")
 def datasets_upload(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The file.")],
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="An .npz, .csv or .zip of images.")],
     name: Annotated[str | None, typer.Option(help="Default: the file's name.")] = None,
     task: Annotated[str | None, typer.Option(help="classification or regression.")] = None,
+    target: Annotated[str | None, typer.Option(help="CSV: the label column.")] = None,
+    image_size: Annotated[str | None, typer.Option(help="Image zip: HEIGHTxWIDTH.")] = None,
+    format: Annotated[str | None, typer.Option(
+        help="npz, csv or zip; default: from the file name.")] = None,
     description: Annotated[str | None, typer.Option()] = None,
+    field: Annotated[list[str] | None, typer.Option(
+        help="Any other form field, KEY=VALUE; repeatable.")] = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Upload a dataset file; use its id in a spec as {"dataset": {"id": ...}}."""
+    """Upload a dataset file; train on it with {"dataset": {"id": ...}} (docs/datasets.md)."""
+    extra = dict(item.partition("=")[::2] for item in field or ())
+    options = {k: v for k, v in (("target", target), ("image_size", image_size),
+                                 ("format", format)) if v is not None}
     with _client(ctx) as client:
-        dataset = client.upload_dataset(path, name=name, task=task, description=description)
+        dataset = client.upload_dataset(path, name=name, task=task, description=description,
+                                        **options, **extra)
     if json_output:
         _print_json(dataset.to_json())
     else:
-        Console().print(f"uploaded {dataset.id} ({dataset.name})")
+        Console().print(f"{dataset.id}: {dataset.name}, {dataset.task}, "
+                        f"{dataset.n_samples} samples of shape {dataset.sample_shape}")
+
+
+@datasets_app.command("delete")
+def datasets_delete(ctx: typer.Context, dataset_id: Annotated[str, typer.Argument()]) -> None:
+    """Delete an uploaded dataset and its stored data."""
+    with _client(ctx) as client:
+        client.delete_dataset(dataset_id)
+    Console().print(f"deleted {dataset_id}")
 
 
 # -- running the service ------------------------------------------------------
@@ -496,22 +570,43 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     _exec(api_command(host, port))
 
 
+def fleet_command() -> list[str]:
+    """The worker fleet: one pinned Celery worker per GPU, or CPU slots (workers/fleet.py)."""
+    return [sys.executable, "-m", "workers.fleet"]
+
+
 @app.command()
 def worker(
-    name: Annotated[str | None, typer.Option(
-        help="Worker name (default cpu0, or gpuN with --gpu).")] = None,
+    gpus: Annotated[str | None, typer.Option(
+        help="GPU indices to run on, e.g. 0,1 (default: ask nvidia-smi).")] = None,
+    cpu_slots: Annotated[int | None, typer.Option(
+        min=1, help="CPU workers to start when there is no GPU (default 1).")] = None,
     queue: Annotated[list[str] | None, typer.Option(
-        help="Job queue to take from (repeatable); prefixed with TRAINERY_QUEUE_PREFIX.")] = None,
+        help="Extra job queue (pool) to serve (repeatable).")] = None,
     gpu: Annotated[int | None, typer.Option(
-        min=0, help="Pin the worker to this GPU (sets CUDA_VISIBLE_DEVICES).")] = None,
+        min=0, help="Run ONE worker pinned to this GPU instead of the fleet.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Run ONE worker with this name instead of the fleet.")] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
-    """Run one Celery worker: one job at a time (run one per GPU)."""
+    """Run the worker fleet: one worker per GPU (or CPU slots), each one job at a time.
+
+    With --gpu or --name, run a single worker process instead (what the fleet starts).
+    """
     env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    default_name = f"gpu{gpu}" if gpu is not None else "cpu0"
-    _exec(worker_command(name or default_name, queue or ["default"], loglevel), env)
+    if gpu is not None or name is not None:
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        default_name = f"gpu{gpu}" if gpu is not None else "cpu0"
+        _exec(worker_command(name or default_name, queue or ["default", "gpu"], loglevel), env)
+        return
+    if gpus is not None:
+        env["TRAINERY_GPUS"] = gpus
+    if cpu_slots is not None:
+        env["TRAINERY_CPU_SLOTS"] = str(cpu_slots)
+    if queue:
+        env["TRAINERY_WORKER_QUEUES"] = ",".join(queue)
+    _exec(fleet_command(), env)
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -579,9 +674,8 @@ def supervise(procs: dict[str, subprocess.Popen[bytes]]) -> int:
 
 
 @app.command()
-def up(host: Host = "127.0.0.1", port: Port = 8000,
-       worker_name: Annotated[str, typer.Option(help="The worker's name.")] = "cpu0") -> None:
-    """Run the whole service here: migrate the database, start one worker and the API.
+def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Run the whole service here: migrate the database, start the worker fleet and the API.
 
     The broker is TRAINERY_BROKER_URL if set, else Redis on 127.0.0.1:6379 (started if
     redis-server is installed), else an embedded SQL broker. Ctrl-C stops both processes.
@@ -601,7 +695,7 @@ def up(host: Host = "127.0.0.1", port: Port = 8000,
     if migrated.returncode:
         _fail("alembic upgrade head failed; see above")
     # Own sessions: a Ctrl-C reaches only us, and we pass on exactly one SIGTERM each.
-    procs = {"worker": subprocess.Popen(worker_command(worker_name), cwd=PROJECT_ROOT, env=env,
+    procs = {"worker": subprocess.Popen(fleet_command(), cwd=PROJECT_ROOT, env=env,
                                         start_new_session=True)}
     procs["API"] = subprocess.Popen(api_command(host, port), cwd=PROJECT_ROOT, env=env,
                                     start_new_session=True)

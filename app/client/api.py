@@ -40,6 +40,11 @@ class Call(Generic[T]):
     data: dict[str, str] | None = None
     idempotent: bool = False
 
+    def rewind(self) -> None:
+        """Put the files to send back at their start, so a retry sends them whole."""
+        for _, file, _ in (self.files or {}).values():
+            file.seek(0)
+
 
 def base_url(url: str | None) -> str:
     """The server's URL: the argument, else TRAINERY_URL, else the local default."""
@@ -135,13 +140,20 @@ def get_dataset(dataset_id: str) -> Call[Dataset]:
                 idempotent=True)
 
 
-def upload_dataset(file: IO[bytes], filename: str, *, name: str | None, task: str | None,
-                   description: str | None) -> Call[Dataset]:
-    """POST /v1/datasets as multipart: the file in `file`, the rest as form fields."""
-    form = {k: v for k, v in (("name", name), ("task", task), ("description", description))
-            if v is not None}
+def upload_dataset(file: IO[bytes], filename: str, fields: Mapping[str, object]) -> Call[Dataset]:
+    """POST /v1/datasets as multipart: the file in `file`, the rest as form fields.
+
+    Retried like a GET: the service stores datasets by content, so sending the same bytes
+    the same way again returns the dataset stored the first time.
+    """
+    form = {k: str(v) for k, v in fields.items() if v is not None}
     return Call("POST", "/v1/datasets", _one(Dataset),
-                files={"file": (filename, file, "application/octet-stream")}, data=form)
+                files={"file": (filename, file, "application/octet-stream")}, data=form,
+                idempotent=True)
+
+
+def delete_dataset(dataset_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/datasets/{quote(dataset_id, safe='')}", lambda _: None)
 
 
 def model_download(job_id: str, format: str | None) -> Call[None]:

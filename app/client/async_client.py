@@ -35,7 +35,7 @@ class AsyncClient:
         self._retry = retry or RetryPolicy()
         self._http = httpx.AsyncClient(base_url=self.url, headers=api.default_headers(token),
                                        timeout=timeout, transport=transport)
-        self._stream_timeout = httpx.Timeout(timeout, read=stream_read_timeout)
+        self._timeout, self._stream_read_timeout = timeout, stream_read_timeout
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -50,6 +50,7 @@ class AsyncClient:
     async def _request(self, call: api.Call[Any]) -> httpx.Response:
         retry = self._retry.start(call.idempotent)
         while True:
+            call.rewind()
             try:
                 response = await self._http.request(call.method, call.path, params=call.params,
                                                     json=call.json, headers=call.headers,
@@ -63,6 +64,10 @@ class AsyncClient:
             if delay is None:
                 raise error_from_response(response)
             await asyncio.sleep(delay)
+
+    def _stream_timeout(self, follower: EventFollower) -> httpx.Timeout:
+        # The server sends a keep-alive every 15 s: a longer silence means a dead link.
+        return httpx.Timeout(self._timeout, read=follower.read_timeout(self._stream_read_timeout))
 
     async def _send(self, call: api.Call[T]) -> T:
         return call.parse(await self._request(call))
@@ -106,14 +111,18 @@ class AsyncClient:
             after = batch[-1].id
         return found
 
-    async def follow(self, job_id: str, *, after: int = 0) -> AsyncIterator[Event]:
-        """Events live from the stream until the job ends, resuming after a dropped connection."""
-        follower = EventFollower(job_id, after, self._retry)
+    async def follow(self, job_id: str, *, after: int = 0,
+                     timeout: float | None = None) -> AsyncIterator[Event]:
+        """Events live from the stream until the job ends, resuming after a dropped connection.
+
+        With a timeout, WaitTimeout if the job has not ended that many seconds from now.
+        """
+        follower = EventFollower(job_id, after, self._retry, timeout)
         while True:
             try:
                 async with self._http.stream("GET", follower.path,
                                              headers=follower.request_headers(),
-                                             timeout=self._stream_timeout) as response:
+                                             timeout=self._stream_timeout(follower)) as response:
                     if not response.is_success:
                         await response.aread()
                         delay = follower.after_response(response)
@@ -194,10 +203,18 @@ class AsyncClient:
         return await self._send(api.get_dataset(dataset_id))
 
     async def upload_dataset(self, path: str | os.PathLike[str], *, name: str | None = None,
-                             task: str | None = None,
-                             description: str | None = None) -> Dataset:
-        """Upload a dataset file (POST /v1/datasets, multipart); not retried."""
+                             task: str | None = None, description: str | None = None,
+                             **fields: str | int | float) -> Dataset:
+        """Upload a dataset file (POST /v1/datasets, multipart); see docs/datasets.md.
+
+        `fields` are further form fields (`format`, `target`, `image_size`). The service
+        keeps datasets by content: the same upload again returns the first dataset.
+        """
         path = Path(path)
+        form = {"name": name, "task": task, "description": description, **fields}
         with path.open("rb") as file:
-            return await self._send(api.upload_dataset(file, path.name, name=name or path.stem,
-                                                       task=task, description=description))
+            return await self._send(api.upload_dataset(file, path.name, form))
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (409 while an unfinished job trains on it)."""
+        await self._send(api.delete_dataset(dataset_id))

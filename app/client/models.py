@@ -105,6 +105,8 @@ class Checkpoint(ApiModel):
 
 
 class Dataset(ApiModel):
+    """A builtin or uploaded dataset; the upload-only fields are None for builtin ones."""
+
     id: str
     name: str = ""
     source: str = ""
@@ -113,6 +115,14 @@ class Dataset(ApiModel):
     sample_shape: list[int] | None = None
     num_classes: int | None = None
     description: str = ""
+    format: str | None = None
+    n_val: int | None = None
+    dtype: str | None = None
+    class_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    created_at: datetime | None = None
 
 
 class ModelFile(ApiModel):

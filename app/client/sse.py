@@ -6,11 +6,13 @@ lines in and sleep for the delays these objects ask for.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import httpx
 
-from app.client.errors import TraineryError
+from app.client.api import job_path
+from app.client.errors import TraineryError, WaitTimeout
 from app.client.models import Event
 from app.client.retry import RetryPolicy, RetryState
 
@@ -68,12 +70,29 @@ class SSEDecoder:
 class EventFollower:
     """One job's live event stream across reconnects: what to ask for and what came back."""
 
-    def __init__(self, job_id: str, after: int, policy: RetryPolicy) -> None:
-        self.path = f"/v1/jobs/{job_id}/events"
+    def __init__(self, job_id: str, after: int, policy: RetryPolicy,
+                 timeout_s: float | None = None) -> None:
+        self.job_id = job_id
+        self.path = job_path(job_id, "events")
         self.last_id = after
         self.finished = False
+        self.timeout_s = timeout_s
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._retry: RetryState = policy.start(idempotent=True)
         self._decoder = SSEDecoder()
+
+    def read_timeout(self, default_s: float) -> float:
+        """How long one read may wait: the usual limit, or less when the deadline is nearer."""
+        if self._deadline is None:
+            return default_s
+        return max(min(default_s, self._deadline - time.monotonic()), 0.01)
+
+    def check_deadline(self) -> None:
+        """WaitTimeout once the caller's time is up."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise WaitTimeout(f"job {self.job_id} did not end within {self.timeout_s}s "
+                              f"(followed up to event {self.last_id})", error="wait_timeout",
+                              detail={"job_id": self.job_id, "last_event_id": self.last_id})
 
     def request_headers(self) -> dict[str, str]:
         """Headers for (re)connecting: resume after the last event seen."""
@@ -83,6 +102,7 @@ class EventFollower:
 
     def feed(self, line: str) -> Event | None:
         """One line of the stream; the job event it completes, if any (sets `finished` at `end`)."""
+        self.check_deadline()  # keep-alives arrive every 15 s, so this runs even when idle
         message = self._decoder.feed(line)
         if message is None:
             return None
@@ -100,12 +120,14 @@ class EventFollower:
 
     def after_error(self, error: httpx.TransportError) -> float:
         """The delay before reconnecting after the connection failed, or ConnectionFailed."""
+        self.check_deadline()  # a read that timed out at the deadline ends the wait
         return self._retry.after_error(error)
 
     def after_response(self, response: httpx.Response) -> float | None:
         """The delay before reconnecting after a 503, or None when the response is final."""
+        self.check_deadline()
         return self._retry.after_response(response)
 
     def after_eof(self) -> float:
         """The delay before reconnecting when the server closed the stream before `end`."""
-        return self._retry.after_error(httpx.RemoteProtocolError("event stream closed before end"))
+        return self.after_error(httpx.RemoteProtocolError("event stream closed before end"))

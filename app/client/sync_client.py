@@ -35,8 +35,7 @@ class Client:
         self._retry = retry or RetryPolicy()
         self._http = httpx.Client(base_url=self.url, headers=api.default_headers(token),
                                   timeout=timeout, transport=transport)
-        # The event stream sends a keep-alive every 15 s: a longer silence means a dead link.
-        self._stream_timeout = httpx.Timeout(timeout, read=stream_read_timeout)
+        self._timeout, self._stream_read_timeout = timeout, stream_read_timeout
 
     def close(self) -> None:
         self._http.close()
@@ -51,6 +50,7 @@ class Client:
     def _request(self, call: api.Call[Any]) -> httpx.Response:
         retry = self._retry.start(call.idempotent)
         while True:
+            call.rewind()
             try:
                 response = self._http.request(call.method, call.path, params=call.params,
                                               json=call.json, headers=call.headers,
@@ -64,6 +64,10 @@ class Client:
             if delay is None:
                 raise error_from_response(response)
             time.sleep(delay)
+
+    def _stream_timeout(self, follower: EventFollower) -> httpx.Timeout:
+        # The server sends a keep-alive every 15 s: a longer silence means a dead link.
+        return httpx.Timeout(self._timeout, read=follower.read_timeout(self._stream_read_timeout))
 
     def _send(self, call: api.Call[T]) -> T:
         return call.parse(self._request(call))
@@ -105,13 +109,17 @@ class Client:
             after = batch[-1].id
         return found
 
-    def follow(self, job_id: str, *, after: int = 0) -> Iterator[Event]:
-        """Events live from the stream until the job ends, resuming after a dropped connection."""
-        follower = EventFollower(job_id, after, self._retry)
+    def follow(self, job_id: str, *, after: int = 0,
+               timeout: float | None = None) -> Iterator[Event]:
+        """Events live from the stream until the job ends, resuming after a dropped connection.
+
+        With a timeout, WaitTimeout if the job has not ended that many seconds from now.
+        """
+        follower = EventFollower(job_id, after, self._retry, timeout)
         while True:
             try:
                 with self._http.stream("GET", follower.path, headers=follower.request_headers(),
-                                       timeout=self._stream_timeout) as response:
+                                       timeout=self._stream_timeout(follower)) as response:
                     if not response.is_success:
                         response.read()
                         delay = follower.after_response(response)
@@ -191,9 +199,18 @@ class Client:
         return self._send(api.get_dataset(dataset_id))
 
     def upload_dataset(self, path: str | os.PathLike[str], *, name: str | None = None,
-                       task: str | None = None, description: str | None = None) -> Dataset:
-        """Upload a dataset file (POST /v1/datasets, multipart); not retried."""
+                       task: str | None = None, description: str | None = None,
+                       **fields: str | int | float) -> Dataset:
+        """Upload a dataset file (POST /v1/datasets, multipart); see docs/datasets.md.
+
+        `fields` are further form fields (`format`, `target`, `image_size`). The service
+        keeps datasets by content: the same upload again returns the first dataset.
+        """
         path = Path(path)
+        form = {"name": name, "task": task, "description": description, **fields}
         with path.open("rb") as file:
-            return self._send(api.upload_dataset(file, path.name, name=name or path.stem,
-                                                 task=task, description=description))
+            return self._send(api.upload_dataset(file, path.name, form))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (409 while an unfinished job trains on it)."""
+        self._send(api.delete_dataset(dataset_id))

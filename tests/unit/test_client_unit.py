@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,24 @@ def test_follow_gives_up_after_the_retry_budget_without_progress() -> None:
     assert calls == FAST.attempts
 
 
+def test_follow_gives_up_at_its_timeout_even_on_a_quiet_stream() -> None:
+    def keep_alives() -> Iterator[bytes]:
+        yield sse(event_json(1))
+        while True:
+            time.sleep(0.05)
+            yield b": keep-alive\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=keep_alives())
+
+    started = time.monotonic()
+    seen: list[int] = []
+    with pytest.raises(WaitTimeout) as info, client(handler) as c:
+        seen.extend(e.id for e in c.follow("job_1", timeout=0.3))
+    assert seen == [1] and 0.3 <= time.monotonic() - started < 2
+    assert info.value.detail == {"job_id": "job_1", "last_event_id": 1}
+
+
 def test_async_follow_reconnects_too() -> None:
     seen: list[str | None] = []
 
@@ -349,6 +368,31 @@ def test_models_keep_fields_a_newer_server_adds() -> None:
     with client(handler) as c:
         job = c.get("job_1")
     assert job.is_terminal and job.to_json()["shiny_new_field"] == 1
+
+
+def test_upload_sends_the_file_and_form_fields_whole_on_every_try(tmp_path: Path) -> None:
+    data = tmp_path / "points.csv"
+    data.write_bytes(b"x,label\n0.5,1\n")
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/datasets"
+        assert request.headers["content-type"].startswith("multipart/form-data")
+        bodies.append(request.read().replace(request.headers["content-type"]
+                                             .split("boundary=")[1].encode(), b"B"))
+        if len(bodies) < 3:
+            return httpx.Response(503, json={"error": "unavailable", "detail": "busy"})
+        return httpx.Response(201, json={"id": "ds_1", "name": "points.csv", "format": "csv"})
+
+    with client(handler) as c:
+        dataset = c.upload_dataset(data, task="classification", target="label")
+    assert dataset.id == "ds_1" and dataset.format == "csv"
+    assert len(bodies) == 3 and bodies[0] == bodies[1] == bodies[2]  # rewound for each try
+    body = bodies[0]
+    assert b'name="file"; filename="points.csv"' in body and b"x,label\n0.5,1\n" in body
+    for field, value in (("task", b"classification"), ("target", b"label")):
+        assert f'name="{field}"'.encode() + b"\r\n\r\n" + value in body
+    assert b'name="name"' not in body and b'name="description"' not in body
 
 
 # -- downloads ----------------------------------------------------------------
