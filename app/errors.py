@@ -47,6 +47,19 @@ class ModelNotReady(Conflict):
     code = "model_not_ready"
 
 
+class PayloadTooLarge(DomainError):
+    """An upload, or what it unpacks to, is over a size limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ExportUnavailable(NotFound):
+    """The trained model has no export in the asked format; detail says why."""
+
+    code = "export_unavailable"
+
+
 class InvalidInput(DomainError):
     """A request that parsed but cannot be served; detail lists the offending fields."""
 

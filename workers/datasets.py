@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 
 from app.catalog import BUILTIN_DATASETS, SYNTHETIC
 from app.schemas.spec import DatasetSpec
+from app.services.dataset_formats import read_normalised
 from workers.errors import UserError
+
+# Dataset id -> its normalised npz, opened for reading (workers.dataset_cache.fetcher).
+Fetch = Callable[[str], IO[bytes]]
 
 
 @dataclass
@@ -92,21 +98,35 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float,
     return x[train], y[train], x[val], y[val]
 
 
-def load(spec: DatasetSpec) -> Dataset:
-    """Load the dataset a job names, split as the spec says."""
+def load(spec: DatasetSpec, fetch: Fetch | None = None) -> Dataset:
+    """Load the dataset a job names, split as the spec says; fetch opens uploaded ones."""
+    if spec.id is not None:
+        if fetch is None:
+            raise UserError(f"dataset {spec.id} is an upload, and this runner cannot fetch uploads")
+        return uploaded(spec, fetch)
     if spec.builtin == SYNTHETIC:
         assert spec.n_samples and spec.sample_shape and spec.num_classes
         x, y = synthetic(spec.n_samples, spec.sample_shape, spec.num_classes, spec.seed)
         names = [str(i) for i in range(spec.num_classes)]
         task = "classification"
-    elif spec.builtin is not None:
+    else:
+        assert spec.builtin is not None
         x, y, names = _sklearn(spec.builtin)
         task = BUILTIN_DATASETS[spec.builtin].task
-    else:
-        raise UserError(f"dataset {spec.id} cannot be loaded: uploaded datasets are not "
-                        "supported by this worker yet")
     x_train, y_train, x_val, y_val = split(x, y, spec.validation_split, spec.seed)
-    return Dataset(spec.builtin or str(spec.id), task, x_train, y_train, x_val, y_val, names)
+    return Dataset(spec.builtin, task, x_train, y_train, x_val, y_val, names)
+
+
+def uploaded(spec: DatasetSpec, fetch: Fetch) -> Dataset:
+    """An uploaded dataset; its own x_val and y_val, when it has them, are the validation split."""
+    assert spec.id is not None
+    with fetch(spec.id) as f:
+        data = read_normalised(f)
+    if data.x_val is not None and data.y_val is not None:
+        x_train, y_train, x_val, y_val = data.x, data.y, data.x_val, data.y_val
+    else:
+        x_train, y_train, x_val, y_val = split(data.x, data.y, spec.validation_split, spec.seed)
+    return Dataset(spec.id, data.task, x_train, y_train, x_val, y_val, data.class_names)
 
 
 def input_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,15 @@
-"""Trained PyTorch model -> TorchScript and safetensors bytes."""
+"""Trained PyTorch model -> TorchScript, safetensors and ONNX bytes."""
 
 from __future__ import annotations
 
 import io
+import warnings
 
 import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
+
+from workers.runners.onnx_artifact import ONNX_INPUT, check_onnx
 
 
 def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
@@ -25,3 +28,51 @@ def safetensors_bytes(model: nn.Module) -> bytes:
     """The state_dict in safetensors format."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(state)
+
+
+ONNX_OPSET = 17
+
+
+def onnx_bytes(model: nn.Module, example: torch.Tensor, output_name: str) -> bytes:
+    """A plain ONNX graph (input "inputs", dynamic batch axis), checked in onnxruntime if installed.
+
+    The TorchScript-based exporter comes first: it gives an ordinary graph in a
+    second. The torch.export-based one (dynamo) is the fallback for what it cannot do.
+    """
+    model = model.eval().cpu()
+    try:
+        payload = _export_torchscript_onnx(model, example, output_name)
+    except Exception as first:  # noqa: BLE001 - the second exporter may manage
+        try:
+            payload = _export_dynamo_onnx(model, example, output_name)
+        except Exception as second:  # noqa: BLE001 - report both causes
+            raise RuntimeError(f"torch.onnx.export failed: {_short(first)}; the dynamo "
+                               f"exporter failed too: {_short(second)}") from second
+    check_onnx(payload, example.numpy(), model(example).detach().numpy())
+    return payload
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _export_torchscript_onnx(model: nn.Module, example: torch.Tensor, output_name: str) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notices
+        torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[ONNX_INPUT], output_names=[output_name],
+                          dynamic_axes={ONNX_INPUT: {0: "batch"}, output_name: {0: "batch"}})
+    return buffer.getvalue()
+
+
+def _export_dynamo_onnx(model: nn.Module, example: torch.Tensor, output_name: str) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, input_names=[ONNX_INPUT], output_names=[output_name],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    assert program is not None
+    return program.model_proto.SerializeToString()  # type: ignore[no-any-return]

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from app.schemas.spec import JobSpec
-from workers import datasets
+from workers import dataset_cache, datasets
 from workers.callbacks import standard_callbacks
 from workers.modelspec import resolve
 from workers.reporting import JobReporter
 from workers.runners.common import StopFlag, model_card
+from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.pytorch.build import build_model
-from workers.runners.pytorch.export import safetensors_bytes, torchscript_bytes
+from workers.runners.pytorch.export import onnx_bytes, safetensors_bytes, torchscript_bytes
 from workers.runners.pytorch.trainer import TorchTrainer, pick_device
 
 
@@ -28,7 +29,7 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
     """Train spec to the end (resuming from the latest checkpoint) and store the model."""
     seed_everything(spec.training.seed)
     device = pick_device()
-    data = datasets.load(spec.dataset)
+    data = datasets.load(spec.dataset, fetch=dataset_cache.fetcher(reporter))
     layers = resolve(spec.model, data.sample_shape)
     mean, std = datasets.input_stats(data.x_train)
     y_mean = y_std = None
@@ -52,6 +53,11 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
                            "model.pt", "application/octet-stream")
     reporter.save_artifact("state_dict", safetensors_bytes(trainer.model),
                            "model.safetensors", "application/octet-stream")
-    reporter.set_model_card(model_card(
+    onnx_example = torch.from_numpy(data.x_train[:16])
+    onnx_note = save_onnx(reporter, lambda: onnx_bytes(trainer.model, onnx_example,
+                                                       output_name(spec.task)),
+                          data.input_dtype, spec.task)
+    reporter.set_model_card({**model_card(
         spec, data, {"torch": torch.__version__},
-        "torch.jit.load(path); model(x) with x as the dataset holds it, normalisation inside"))
+        "torch.jit.load(path); model(x) with x as the dataset holds it, normalisation inside"),
+        **onnx_note})

@@ -9,13 +9,15 @@ import keras
 import tensorflow as tf
 
 from app.schemas.spec import JobSpec
-from workers import datasets
+from workers import dataset_cache, datasets
 from workers.callbacks import standard_callbacks
 from workers.modelspec import resolve
 from workers.reporting import JobReporter
 from workers.runners.common import StopFlag, model_card
+from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.tfkeras.build import build_model
 from workers.runners.tfkeras.export import keras_bytes
+from workers.runners.tfkeras.onnx_export import onnx_bytes
 from workers.runners.tfkeras.trainer import KerasTrainer, configure_devices, dtype_policy_for
 
 
@@ -28,7 +30,7 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
     """Train spec to the end (resuming from the latest checkpoint) and store the model."""
     gpu = configure_devices()
     keras.utils.set_random_seed(spec.training.seed)
-    data = datasets.load(spec.dataset)
+    data = datasets.load(spec.dataset, fetch=dataset_cache.fetcher(reporter))
     layers = resolve(spec.model, data.sample_shape)
     mean, std = datasets.input_stats(data.x_train)
     y_mean = y_std = None
@@ -60,10 +62,13 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
         exported.set_weights(trainer.model.get_weights())
     reporter.save_artifact("keras", keras_bytes(exported, data.x_train[:2]),
                            "model.keras", "application/octet-stream")
-    reporter.set_model_card(model_card(
+    onnx_note = save_onnx(reporter, lambda: onnx_bytes(exported, data.x_train[:16],
+                                                       output_name(spec.task)),
+                          data.input_dtype, spec.task)
+    reporter.set_model_card({**model_card(
         spec, data, {"tensorflow": tf.__version__, "keras": keras.__version__},
         "keras.models.load_model(path); model(x) or model.predict(x) with x as the dataset "
-        "holds it (images NHWC), normalisation inside"))
+        "holds it (images NHWC), normalisation inside"), **onnx_note})
     frameworks = imported_frameworks()
     reporter.event("frameworks imported by the runner: " + ", ".join(frameworks),
                    {"frameworks": frameworks})
