@@ -71,6 +71,13 @@ def test_routing() -> None:
         == "gpu.h100"
 
 
+def wait_lines(path: Path, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.read_text().count("\n") < n:
+        assert time.monotonic() < deadline, f"{path} has fewer than {n} lines"
+        time.sleep(0.05)
+
+
 def test_a_dead_worker_process_is_restarted_and_sigterm_stops_all(tmp_path: Path) -> None:
     marker = tmp_path / "starts"
 
@@ -86,6 +93,7 @@ def test_a_dead_worker_process_is_restarted_and_sigterm_stops_all(tmp_path: Path
     fleet.poll_once()
     first = [s.proc for s in fleet.slots]
     assert all(p is not None and p.poll() is None for p in first)
+    wait_lines(marker, 2)  # both children are up
     os.kill(first[0].pid, signal.SIGKILL)  # type: ignore[union-attr]
     first[0].wait()  # type: ignore[union-attr]
     deadline = time.monotonic() + 10
@@ -94,8 +102,7 @@ def test_a_dead_worker_process_is_restarted_and_sigterm_stops_all(tmp_path: Path
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert fleet.slots[0].restarts == 1 and fleet.slots[1].proc is first[1]
-    while marker.read_text().count("\n") < 3:
-        time.sleep(0.05)
+    wait_lines(marker, 3)
     assert sorted(marker.read_text().split()) == ["0", "0", "1"]
     fleet.stop()
     assert all(s.proc is not None and s.proc.returncode == 0 for s in fleet.slots)
