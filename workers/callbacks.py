@@ -163,9 +163,12 @@ class MetricsReporter(Callback):
 
     def __init__(self, reporter: JobReporter, tracker: BestTracker) -> None:
         self.reporter, self.tracker = reporter, tracker
+        self.seconds = 0.0  # time spent reporting, as Checkpointer.seconds
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        start = time.perf_counter()
         self.reporter.record_epoch(epoch, trainer.epochs, logs, self.tracker.best)
+        self.seconds += time.perf_counter() - start
 
 
 class Checkpointer(Callback):

@@ -50,7 +50,36 @@ def _preset_layers(name: str, input_shape: Shape) -> list[Layer]:
                 ResidualLayer(type="residual", filters=32, strides=2),
                 ResidualLayer(type="residual", filters=64, strides=2),
                 GlobalAvgPoolLayer(type="global_avgpool")]
+    if name == "airbench":
+        return _airbench(input_shape)
     raise UserError(f"unknown preset {name!r}")
+
+
+AIRBENCH_WIDTHS = (64, 256, 256)
+
+
+def _airbench(input_shape: Shape) -> list[Layer]:
+    """An airbench-like CIFAR-10 speed-record net: a conv stem, three conv-pool-bn-gelu blocks.
+
+    It ends with a max pool over the whole remaining image, as airbench does; 'same'
+    pooling keeps it valid for any image size.
+    """
+    def conv(filters: int) -> Layer:
+        # No bias: the batchnorm that follows has its own shift.
+        return Conv2DLayer(type="conv2d", filters=filters, kernel_size=3, use_bias=False)
+
+    def bn_gelu() -> list[Layer]:
+        return [BatchNormLayer(type="batchnorm"),
+                ActivationLayer(type="activation", activation="gelu")]
+
+    layers: list[Layer] = [Conv2DLayer(type="conv2d", filters=24, kernel_size=3,
+                                       activation="gelu")]
+    h, w = input_shape[0], input_shape[1]
+    for width in AIRBENCH_WIDTHS:
+        layers += [conv(width), PoolLayer(type="maxpool2d", pool_size=2, padding="same"),
+                   *bn_gelu(), conv(width), *bn_gelu()]
+        h, w = window_output(h, 2, 2, "same"), window_output(w, 2, 2, "same")
+    return [*layers, PoolLayer(type="maxpool2d", pool_size=[h, w]), FlattenLayer(type="flatten")]
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

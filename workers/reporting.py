@@ -60,23 +60,25 @@ class JobReporter:
                         *, keep_last: int) -> None:
         """Store a checkpoint; it counts only once all its chunks and its hash are committed."""
         info = self.blobs.write_bytes(payload, owner=self.owner, kind="checkpoint")
+        # The new row and the pruning of the oldest commit together: one transaction
+        # fewer per epoch, and never more than keep_last checkpoints listed.
         with transaction(self.factory) as session:
             self._fence(session)
             session.add(Checkpoint(job_id=self.job_id, owner=self.owner, epoch=epoch,
                                    attempt=self.attempt, blob_id=info.id, metrics=metrics))
-        self._prune(keep_last)
-
-    def _prune(self, keep_last: int) -> None:
-        with transaction(self.factory) as session:
-            rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)
-                                        .order_by(Checkpoint.epoch.desc(),
-                                                  Checkpoint.id.desc())))
-            stale = rows[keep_last:]
-            blob_ids = [c.blob_id for c in stale]
-            for c in stale:
-                session.delete(c)
-        for blob_id in blob_ids:
+            session.flush()
+            stale = self._prune(session, keep_last)
+        for blob_id in stale:
             self.blobs.delete(blob_id)
+
+    def _prune(self, session: Session, keep_last: int) -> list[str]:
+        """Delete all but the newest keep_last checkpoint rows; the blobs they held."""
+        rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)
+                                    .order_by(Checkpoint.epoch.desc(), Checkpoint.id.desc())))
+        stale = rows[keep_last:]
+        for c in stale:
+            session.delete(c)
+        return [c.blob_id for c in stale]
 
     def latest_checkpoint(self) -> LoadedCheckpoint | None:
         """The newest complete checkpoint whose bytes match their hash, if any."""

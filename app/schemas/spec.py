@@ -113,12 +113,12 @@ LayerSpec = Annotated[
     Field(discriminator="type"),
 ]
 
-PRESETS = ("mlp", "lenet5", "resnet8")
+PRESETS = ("mlp", "lenet5", "resnet8", "airbench")
 
 
 class ModelSpec(StrictModel):
     layers: list[LayerSpec] | None = Field(None, min_length=1)
-    preset: Literal["mlp", "lenet5", "resnet8"] | None = None
+    preset: Literal["mlp", "lenet5", "resnet8", "airbench"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

@@ -95,7 +95,8 @@ def test_every_layer_type_has_the_shapes_modelspec_infers(layers: list[dict[str,
 
 
 @pytest.mark.parametrize(("preset", "shape"), [("mlp", (64,)), ("mlp", (8, 8, 1)),
-                                                ("lenet5", (12, 12, 1)), ("resnet8", (12, 12, 3))])
+                                                ("lenet5", (12, 12, 1)), ("resnet8", (12, 12, 3)),
+                                                ("airbench", (12, 12, 3))])
 def test_presets_build_with_shapes_from_modelspec(preset: str, shape: tuple[int, ...]) -> None:
     resolved = _resolved(None, shape, preset)
     x = keras.Input(shape=shape)

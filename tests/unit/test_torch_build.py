@@ -59,6 +59,7 @@ def test_every_layer_type_builds_with_the_shapes_modelspec_predicts() -> None:
 
 @pytest.mark.parametrize(("preset", "shape"), [
     ("mlp", (64,)), ("mlp", (8, 8, 1)), ("lenet5", (28, 28, 1)), ("resnet8", (32, 32, 3)),
+    ("airbench", (32, 32, 3)), ("airbench", (13, 11, 3)),
 ])
 def test_presets(preset: str, shape: tuple[int, ...]) -> None:
     model = model_for(None, shape, 10, preset=preset)
@@ -106,13 +107,15 @@ class StopAfter(Callback):
         trainer.stop_training = epoch == self.epoch
 
 
-def _trainer(spec: JobSpec, data: Dataset, stop_after: int = 0) -> TorchTrainer:
+def _trainer(spec: JobSpec, data: Dataset, stop_after: int = 0,
+             data_budget_bytes: int | None = None) -> TorchTrainer:
     torch.manual_seed(0)
     layers = resolve(spec.model, data.sample_shape)
     mean, std = input_stats(data.x_train)
     model = build_model(layers, data.sample_shape, 3, mean, std)
     callbacks = CallbackList([BestTracker("val_loss", "min"), StopAfter(stop_after)])
-    return TorchTrainer(spec, model, data, torch.device("cpu"), callbacks)
+    return TorchTrainer(spec, model, data, torch.device("cpu"), callbacks,
+                        data_budget_bytes=data_budget_bytes)
 
 
 def test_resume_from_a_checkpoint_continues_exactly() -> None:
@@ -136,5 +139,23 @@ def test_resume_from_a_checkpoint_continues_exactly() -> None:
     assert resumed.load_checkpoint(payload) == 2
     resumed.fit()
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_data_over_the_device_budget_is_streamed_from_the_host_with_the_same_result() -> None:
+    spec = JobSpec.model_validate({
+        "framework": "pytorch", "dataset": {"builtin": "synthetic", "n_samples": 300,
+                                            "sample_shape": [6], "num_classes": 3},
+        "model": {"layers": [{"type": "dense", "units": 16, "activation": "relu"}]},
+        "training": {"epochs": 2, "batch_size": 32},
+    })
+    data = _dataset()
+    on_device, streamed = _trainer(spec, data), _trainer(spec, data, data_budget_bytes=0)
+    assert on_device.data_on_device and not streamed.data_on_device
+    logs = [{k: v for k, v in t.fit().items() if k != "epoch_time_s"}
+            for t in (on_device, streamed)]
+    assert logs[0] == logs[1]
+    for a, b in zip(on_device.model.state_dict().values(), streamed.model.state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,20 +19,27 @@ from workers.datasets import Dataset
 from workers.runners.common import StopFlag, StopRequested
 from workers.schedules import lr_at
 
+# The share of the GPU's free memory the dataset may take to be kept there whole;
+# a larger one stays in pinned host memory and is copied over a batch at a time.
+DEVICE_DATA_SHARE = 0.5
+
 
 def pick_device() -> torch.device:
     """The device this process was pinned to: the one visible GPU, else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_optimizer(spec: OptimizerSpec, params: Any) -> torch.optim.Optimizer:
+def make_optimizer(spec: OptimizerSpec, params: Any, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer for a spec; `fused` (CUDA) takes one kernel per step and lets the
+    fp16 grad scaler skip steps on the device instead of reading found-inf on the host."""
+    fuse = True if fused else None  # None: PyTorch's default implementation for the device
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
-                               nesterov=spec.nesterov, weight_decay=spec.weight_decay)
+                               nesterov=spec.nesterov, weight_decay=spec.weight_decay, fused=fuse)
     if spec.name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=fuse)
     if spec.name == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=fuse)
     # Keras's RMSprop: rho 0.9, epsilon 1e-7 (PyTorch's alpha is rho).
     return torch.optim.RMSprop(params, lr=spec.lr, alpha=0.9, eps=1e-7,
                                momentum=spec.momentum, weight_decay=spec.weight_decay)
@@ -55,34 +63,78 @@ def autocast_dtype(precision: str, device: torch.device) -> tuple[torch.dtype | 
     return torch.float16, ""
 
 
+def data_budget(device: torch.device) -> int:
+    """How many bytes of data may live on the device: a share of a GPU's free memory."""
+    if device.type != "cuda":
+        return sys.maxsize  # the host is the device: nothing to copy
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free * DEVICE_DATA_SHARE)
+
+
 class TorchTrainer:
-    """Runs epochs over tensors kept on the device; syncs with the host once per epoch."""
+    """Runs epochs over tensors kept on the device; syncs with the host once per epoch.
+
+    Data larger than `data_budget_bytes` (default: data_budget) stays in pinned host
+    memory instead and each batch is gathered there and copied without blocking.
+    """
 
     def __init__(self, spec: JobSpec, model: nn.Module, dataset: Dataset, device: torch.device,
-                 callbacks: Callback, stop: StopFlag | None = None) -> None:
+                 callbacks: Callback, stop: StopFlag | None = None,
+                 data_budget_bytes: int | None = None) -> None:
         self.spec, self.dataset, self.device = spec, dataset, device
         self.callbacks, self.stop = callbacks, stop or StopFlag()
         self.epochs = spec.training.epochs
         self.stop_training = False
         self.start_epoch = 0
+        cuda = device.type == "cuda"
         self.model = model.to(device)
-        self.optimizer = make_optimizer(spec.training.optimizer, self.model.parameters())
+        self.channels_last = cuda and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        if self.channels_last:
+            # The model permutes NHWC input to an NCHW view that is already
+            # channels-last in memory; channels-last weights keep cuDNN in NHWC
+            # kernels end to end, with no layout transposes.
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+        self.optimizer = make_optimizer(spec.training.optimizer, self.model.parameters(),
+                                        fused=cuda and spec.training.optimizer.name != "rmsprop")
         self.loss_fn = make_loss(spec.loss_name())
         self.metrics = spec.metric_names()[1:]
         self.classification = spec.task == "classification"
         self.amp_dtype, self.precision_note = autocast_dtype(spec.training.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.x_train, self.y_train = self._to_device(dataset.x_train, dataset.y_train)
-        self.x_val, self.y_val = self._to_device(dataset.x_val, dataset.y_val)
-        self.step_fn = self._train_step
+        arrays = (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val)
+        budget = data_budget(device) if data_budget_bytes is None else data_budget_bytes
+        self.data_on_device = sum(a.nbytes for a in arrays) <= budget
+        self.pinned = cuda and not self.data_on_device
+        self.x_train, self.y_train, self.x_val, self.y_val = (self._place(a) for a in arrays)
+        # Compile the model, not the step: the optimizer's per-epoch learning rate
+        # would otherwise be a guard that recompiles every epoch.
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         if spec.training.compile:
-            self.step_fn = torch.compile(self._train_step)  # type: ignore[assignment]
+            self.forward = torch.compile(self.model)
 
-    def _to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
-        if self.device.type == "cuda":
-            xt, yt = xt.pin_memory(), yt.pin_memory()
-        return xt.to(self.device, non_blocking=True), yt.to(self.device, non_blocking=True)
+    def _place(self, array: np.ndarray) -> torch.Tensor:
+        """The array on the device, or pinned on the host when the data does not fit there."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.data_on_device:
+            return tensor.to(self.device)  # once, before training: no need to overlap it
+        return tensor.pin_memory() if self.pinned else tensor
+
+    def _gather(self, x: torch.Tensor, y: torch.Tensor,
+                idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch idx of (x, y) on the device."""
+        if self.data_on_device:
+            return x.index_select(0, idx), y.index_select(0, idx)
+        # Gather into fresh pinned buffers: the caching host allocator reuses one
+        # only after its copy has finished, so nothing is overwritten in flight.
+        return self._to_device(torch.index_select(x, 0, idx, out=self._host_buffer(x, len(idx))),
+                               torch.index_select(y, 0, idx, out=self._host_buffer(y, len(idx))))
+
+    def _host_buffer(self, like: torch.Tensor, rows: int) -> torch.Tensor:
+        return torch.empty((rows, *like.shape[1:]), dtype=like.dtype, pin_memory=self.pinned)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -131,14 +183,16 @@ class TorchTrainer:
         # The order depends on (seed, epoch) only, so a resumed run sees the
         # same batches an uninterrupted one would have.
         gen = torch.Generator().manual_seed(self.spec.training.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.x_train), generator=gen).to(self.device)
+        order = torch.randperm(len(self.x_train), generator=gen)
+        if self.data_on_device:
+            order = order.to(self.device, non_blocking=True)
         bs = self.spec.training.batch_size
         for start in range(0, len(order), bs):
             yield order[start:start + bs]
 
     def _train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
-            out = self.model(xb)
+            out = self.forward(xb)
             loss = self.loss_fn(out.float(), yb)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -162,8 +216,9 @@ class TorchTrainer:
         n = len(self.x_train)
         total = torch.zeros(1 + len(self.metrics), device=self.device, dtype=torch.float64)
         for batch, idx in enumerate(self._batches(epoch)):
-            xb, yb = self.x_train[idx], self.y_train[idx]
-            loss, out = self.step_fn(xb, yb)
+            # Nothing in this loop reads a value back: no device sync per batch.
+            xb, yb = self._gather(self.x_train, self.y_train, idx)
+            loss, out = self._train_step(xb, yb)
             total += torch.stack([loss.double() * len(idx),
                                   *(s.double() for s in self._metric_sums(out, yb))])
             self.callbacks.on_batch_end(self, batch)
@@ -180,8 +235,10 @@ class TorchTrainer:
         bs = max(self.spec.training.batch_size, 1024)
         for start in range(0, len(x), bs):
             xb, yb = x[start:start + bs], y[start:start + bs]
+            if not self.data_on_device:
+                xb, yb = self._to_device(xb, yb)  # slices of pinned memory
             with self._autocast():
-                out = self.model(xb)
+                out = self.forward(xb)
             loss = self.loss_fn(out.float(), yb)
             total += torch.stack([loss.double() * len(xb),
                                   *(s.double() for s in self._metric_sums(out, yb))])
@@ -201,11 +258,15 @@ class TorchTrainer:
             started = time.perf_counter()
             logs = self._train_epoch(epoch)
             if len(self.x_val):
-                logs.update({f"val_{k}": v for k, v in self.evaluate(self.x_val, self.y_val).items()})
+                val = self.evaluate(self.x_val, self.y_val)
+                logs.update({f"val_{k}": v for k, v in val.items()})
             logs["lr"] = lr
             logs["epoch_time_s"] = time.perf_counter() - started
             self.callbacks.on_epoch_end(self, epoch + 1, logs)
             if self.stop_training:
                 break
         self.callbacks.on_train_end(self, logs)
+        if self.channels_last:
+            # Plain weights for the exports.
+            self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         return logs

@@ -38,6 +38,11 @@ def configure_devices() -> Any | None:
     return gpus[0]
 
 
+def data_device() -> str:
+    """Where the data lives for training: the GPU configure_devices left visible, else the CPU."""
+    return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+
+
 def dtype_policy_for(precision: str, gpu: Any | None) -> tuple[str, str]:
     """The Keras dtype policy for a precision on this device, and a note if it fell back."""
     if precision == "fp32":
@@ -100,8 +105,10 @@ class KerasTrainer:
         self.optimizer.build(model.trainable_variables)
         self.l2 = l2_coefficient(spec.training.optimizer)
         self.loss_fn = make_loss(spec.loss_name())
-        self.x_train, self.y_train = tf.constant(dataset.x_train), tf.constant(dataset.y_train)
-        self.x_val, self.y_val = tf.constant(dataset.x_val), tf.constant(dataset.y_val)
+        with tf.device(data_device()):
+            # Placed where the steps run, so a batch is gathered there, never copied per step.
+            self.x_train, self.y_train = tf.identity(dataset.x_train), tf.identity(dataset.y_train)
+            self.x_val, self.y_val = tf.identity(dataset.x_val), tf.identity(dataset.y_val)
         jit = spec.training.compile
         x_spec = tf.TensorSpec([None, *dataset.sample_shape], self.x_train.dtype)
         y_spec = tf.TensorSpec([None, *dataset.y_train.shape[1:]], self.y_train.dtype)
