@@ -32,8 +32,12 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2,
                                    "interval_step": 0.5, "interval_max": 1},
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     )
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Only Redis has it (other transports pass unknown options on, e.g. to
+        # SQLAlchemy's create_engine for the embedded broker, which refuses them).
+        celery.conf.broker_transport_options = {
+            "visibility_timeout": settings.broker_visibility_timeout_s}
     return celery
 
 

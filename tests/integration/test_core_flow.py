@@ -102,3 +102,20 @@ def test_readyz_checks_database_and_broker(stack: Stack) -> None:
     r = stack.client.get("/readyz")
     assert r.status_code == 200
     assert r.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_the_embedded_broker_runs_jobs_without_redis(tmp_path: Path) -> None:
+    """The fallback `trainery up` picks when no Redis is around: kombu's SQLAlchemy transport."""
+    from tests.harness import migrate
+
+    url = f"sqlite:///{tmp_path / 'trainery.db'}"
+    migrate(url)
+    stack = Stack(url, tmp_path, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    try:
+        stack.start_api()
+        stack.start_worker("e1")
+        assert stack.client.get("/readyz").json()["checks"]["broker"] == "ok"
+        job = stack.submit(tiny_spec(epochs=2))
+        assert stack.wait(job["id"], timeout=120)["status"] == "succeeded"
+    finally:
+        stack.stop()

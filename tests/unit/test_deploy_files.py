@@ -71,3 +71,13 @@ def test_dockerfile_cmds_exist() -> None:
     assert "TORCH_INDEX" in text  # the CUDA build argument
     for cmd in re.findall(r'^CMD (\[.*?\])\s*$', text, re.M | re.S):
         check_command(yaml.safe_load(cmd.replace("\\\n", " ")))
+
+
+def test_transport_options_only_for_redis() -> None:
+    from app.broker import make_celery
+    from app.settings import Settings
+
+    redis = make_celery(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert redis.conf.broker_transport_options["visibility_timeout"] == 3600
+    embedded = make_celery(Settings(broker_url="sqla+sqlite:////tmp/b.db"))
+    assert "visibility_timeout" not in (embedded.conf.broker_transport_options or {})
