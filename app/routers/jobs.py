@@ -17,8 +17,8 @@ from app.errors import ModelNotReady
 from app.models import JobStatus
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
 from app.schemas.spec import JobSpec
-from app.services import jobs as job_service
 from app.services import dispatch
+from app.services import jobs as job_service
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

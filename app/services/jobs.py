@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,7 @@ from app.schemas.jobs import JobError, JobPublic, Progress
 from app.schemas.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
 from app.services import datasets, lifecycle, workers
 from app.settings import Limits
+
 
 class IdempotencyMismatch(InvalidInput):
     status_code = 409

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,5 +111,5 @@ def test_the_api_process_imports_no_framework() -> None:
 
 def test_running_api_server_has_no_framework_loaded(stack: Stack) -> None:
     assert stack.api is not None
-    maps = open(f"/proc/{stack.api.pid}/maps").read()
+    maps = Path(f"/proc/{stack.api.pid}/maps").read_text()
     assert "libtorch" not in maps and "tensorflow" not in maps
