@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.blobstore import BlobCorrupt, BlobMissing, BlobStore
+from app.blobstore import BlobCorrupt, BlobInfo, BlobMissing, BlobStore
 from app.db import transaction
 from app.models import Artifact, Blob, Checkpoint, Job
 from app.services import lifecycle
@@ -59,10 +61,9 @@ class JobReporter:
     def save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, float],
                         *, keep_last: int) -> None:
         """Store a checkpoint; it counts only once all its chunks and its hash are committed."""
-        info = self.blobs.write_bytes(payload, owner=self.owner, kind="checkpoint")
         # The new row and the pruning of the oldest commit together: one transaction
         # fewer per epoch, and never more than keep_last checkpoints listed.
-        with transaction(self.factory) as session:
+        with self._new_blob(payload, "checkpoint") as info, transaction(self.factory) as session:
             self._fence(session)
             session.add(Checkpoint(job_id=self.job_id, owner=self.owner, epoch=epoch,
                                    attempt=self.attempt, blob_id=info.id, metrics=metrics))
@@ -70,6 +71,16 @@ class JobReporter:
             stale = self._prune(session, keep_last)
         for blob_id in stale:
             self.blobs.delete(blob_id)
+
+    @contextmanager
+    def _new_blob(self, payload: bytes, kind: str) -> Iterator[BlobInfo]:
+        """Store payload; delete it again if the row that would refer to it is not written."""
+        info = self.blobs.write_bytes(payload, owner=self.owner, kind=kind)
+        try:
+            yield info
+        except BaseException:
+            self.blobs.delete(info.id)
+            raise
 
     def _prune(self, session: Session, keep_last: int) -> list[str]:
         """Delete all but the newest keep_last checkpoint rows; the blobs they held."""
@@ -96,15 +107,19 @@ class JobReporter:
 
     def save_artifact(self, fmt: str, payload: bytes, filename: str, media_type: str) -> None:
         """Store the trained model in one export format."""
-        info = self.blobs.write_bytes(payload, owner=self.owner, kind=f"model.{fmt}")
-        with transaction(self.factory) as session:
+        replaced = None
+        with self._new_blob(payload, f"model.{fmt}") as info, \
+                transaction(self.factory) as session:
             self._fence(session)
             old = session.get(Artifact, (self.job_id, fmt))
             if old is not None:
+                replaced = old.blob_id
                 session.delete(old)
                 session.flush()
             session.add(Artifact(job_id=self.job_id, format=fmt, owner=self.owner,
                                  blob_id=info.id, filename=filename, media_type=media_type))
+        if replaced is not None:
+            self.blobs.delete(replaced)
 
     def set_model_card(self, card: dict[str, Any]) -> None:
         with transaction(self.factory) as session:

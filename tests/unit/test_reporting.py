@@ -1,0 +1,63 @@
+"""The runner's writes: fenced by attempt, and a torn or corrupt checkpoint never wins."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.blobstore import BlobStore
+from app.db import transaction
+from app.models import Blob, BlobChunk, Checkpoint
+from app.services import lifecycle
+from tests.unit.test_lifecycle import new_job
+from workers.errors import Superseded
+from workers.reporting import JobReporter
+
+
+def reporter(factory: sessionmaker[Session]) -> JobReporter:
+    job_id = new_job(factory)
+    with transaction(factory) as session:
+        assert lifecycle.claim(session, job_id, "w") == 1
+    return JobReporter(factory, BlobStore(factory, chunk_bytes=1024), job_id, 1)
+
+
+def test_keeps_the_newest_checkpoints(factory: sessionmaker[Session]) -> None:
+    r = reporter(factory)
+    for epoch in (1, 2, 3):
+        r.save_checkpoint(epoch, bytes([epoch]) * 3000, {"loss": 1.0 / epoch}, keep_last=2)
+    latest = r.latest_checkpoint()
+    assert latest is not None and latest.epoch == 3 and latest.payload == b"\x03" * 3000
+    with factory() as session:
+        assert session.query(Checkpoint).count() == 2
+
+
+def test_a_torn_or_corrupt_latest_checkpoint_falls_back_to_the_previous(
+        factory: sessionmaker[Session]) -> None:
+    r = reporter(factory)
+    r.save_checkpoint(1, b"a" * 3000, {}, keep_last=5)
+    r.save_checkpoint(2, b"b" * 3000, {}, keep_last=5)
+    r.save_checkpoint(3, b"c" * 3000, {}, keep_last=5)
+    with transaction(factory) as session:
+        rows = {c.epoch: c.blob_id for c in session.query(Checkpoint)}
+        # Epoch 3 was cut off mid-write (never completed); epoch 2's bytes rotted.
+        session.execute(update(Blob).where(Blob.id == rows[3]).values(complete=False))
+        session.execute(update(BlobChunk).where(BlobChunk.blob_id == rows[2], BlobChunk.seq == 0)
+                        .values(data=b"x" * 1024))
+    latest = r.latest_checkpoint()
+    assert latest is not None and latest.epoch == 1 and latest.payload == b"a" * 3000
+
+
+def test_a_superseded_attempt_cannot_write(factory: sessionmaker[Session]) -> None:
+    r = reporter(factory)
+    with transaction(factory) as session:
+        lifecycle.reap_lost(session, r.job_id, 1, 0, 3, 30)
+        lifecycle.claim(session, r.job_id, "other")
+    with pytest.raises(Superseded):
+        r.record_epoch(1, 2, {"loss": 1.0}, None)
+    with pytest.raises(Superseded):
+        r.save_checkpoint(1, b"z" * 10, {}, keep_last=2)
+    with pytest.raises(Superseded):
+        r.save_artifact("torchscript", b"model", "model.pt", "application/octet-stream")
+    with factory() as session:  # nothing left behind by the refused writes
+        assert session.query(Blob).count() == 0
