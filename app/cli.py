@@ -51,6 +51,9 @@ app = typer.Typer(name="trainery", no_args_is_help=True, add_completion=False,
                        "the models; or run the service itself (api, worker, up).")
 datasets_app = typer.Typer(no_args_is_help=True, help="Datasets a job can train on.")
 app.add_typer(datasets_app, name="datasets")
+keys_app = typer.Typer(no_args_is_help=True,
+                       help="API keys (server side: talks to TRAINERY_DATABASE_URL directly).")
+app.add_typer(keys_app, name="keys")
 
 JobId = Annotated[str, typer.Argument(help="The job's id (job_...).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -525,6 +528,80 @@ def datasets_delete(ctx: typer.Context, dataset_id: Annotated[str, typer.Argumen
     with _client(ctx) as client:
         client.delete_dataset(dataset_id)
     Console().print(f"deleted {dataset_id}")
+
+
+# -- API keys (server side) ----------------------------------------------------
+
+
+@contextmanager
+def _store() -> Iterator[Any]:
+    """A write transaction on the service's database (server-side commands only)."""
+    from app.db import make_engine, make_sessionmaker, transaction
+    from app.settings import Settings
+
+    settings = Settings()  # read now: the environment is this command's
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _key_json(key: Any) -> dict[str, Any]:
+    return {"id": key.id, "owner": key.owner, "name": key.name, "prefix": key.prefix,
+            "created_at": key.created_at, "revoked_at": key.revoked_at}
+
+
+@keys_app.command("create")
+def keys_create(owner: Annotated[str, typer.Option(help="Who the key acts as.")],
+                name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+                json_output: JsonOutput = False) -> None:
+    """Create an API key; its token is printed once and stored only as a hash."""
+    from app.services import keys
+
+    with _store() as session:
+        key, token = keys.create(session, owner, name or owner)
+        info = _key_json(key)
+    if json_output:
+        _print_json({**info, "token": token})
+        return
+    typer.echo(f"created {key.id} for owner {owner!r}; use it as TRAINERY_TOKEN "
+               "(it is not shown again):")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(owner: Annotated[str | None, typer.Option()] = None,
+              json_output: JsonOutput = False) -> None:
+    """List API keys (never their tokens)."""
+    from app.services import keys
+
+    with _store() as session:
+        found = [_key_json(k) for k in keys.list_keys(session, owner)]
+    if json_output:
+        _print_json(found)
+        return
+    table = Table("ID", "OWNER", "NAME", "PREFIX", "CREATED", "REVOKED", box=None,
+                  pad_edge=False, header_style="bold")
+    for k in found:
+        table.add_row(k["id"], k["owner"], k["name"], k["prefix"] + "...",
+                      _when(k["created_at"]), _when(k["revoked_at"]))
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")]) -> None:
+    """Revoke an API key: requests with it are refused from now on."""
+    from app.errors import NotFound
+    from app.services import keys
+
+    try:
+        with _store() as session:
+            keys.revoke(session, key_id)
+    except NotFound as exc:
+        _fail(str(exc.detail))
+    typer.echo(f"revoked {key_id}")
 
 
 # -- running the service ------------------------------------------------------

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.blobstore import BlobStore
+from app.errors import Unauthorized
+from app.services import keys
 from app.settings import Settings
 
 
@@ -36,9 +38,25 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery  # type: ignore[no-any-return]
 
 
-def get_owner(settings: Annotated[Settings, Depends(get_settings)]) -> str:
-    """The caller's identity: one default owner until authentication arrives."""
-    return settings.default_owner
+def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+              authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's identity: the owner of its bearer token, else the default owner.
+
+    With TRAINERY_AUTH_REQUIRED a request without a valid token is refused.
+    """
+    if authorization is None:
+        if settings.auth_required:
+            raise Unauthorized("this service needs an API key: send Authorization: Bearer <key>")
+        return settings.default_owner
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    with factory() as session:
+        owner = keys.owner_for(session, token.strip())
+    if owner is None:
+        raise Unauthorized("unknown or revoked API key")
+    return owner
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -34,6 +34,11 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class Unauthorized(DomainError):
+    status_code = 401
+    code = "unauthorized"
+
+
 class Conflict(DomainError):
     status_code = 409
     code = "conflict"

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # runs) can share one Redis without taking each other's jobs.
     queue_prefix: str = "trainery"
     default_owner: str = "default"
+    # Refuse requests without an API key (`trainery keys create`); off, requests
+    # without one act as default_owner.
+    auth_required: bool = False
 
     heartbeat_interval_s: float = Field(2.0, gt=0)
     # A running job whose heartbeat is older than this lost its worker.
