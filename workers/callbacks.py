@@ -45,6 +45,9 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer, logs: Logs) -> None: ...
 
+    def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:
+        """Training stops (cancel, hand-back) after `batch` batches of the epoch after `epoch`."""
+
     def state(self) -> dict[str, Any]:
         """What a checkpoint must hold for this callback to resume."""
         return {}
@@ -77,6 +80,10 @@ class CallbackList(Callback):
     def on_train_end(self, trainer: Trainer, logs: Logs) -> None:
         for cb in self.callbacks:
             cb.on_train_end(trainer, logs)
+
+    def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:
+        for cb in self.callbacks:
+            cb.on_interrupt(trainer, epoch, batch)
 
     def state(self) -> dict[str, Any]:
         return {cb.name: cb.state() for cb in self.callbacks}
@@ -188,6 +195,14 @@ class Checkpointer(Callback):
         self.reporter.save_checkpoint(epoch, trainer.checkpoint_bytes(epoch), logs,
                                       keep_last=self.keep_last)
         self.seconds += time.perf_counter() - start
+
+    def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:
+        # A mid-epoch checkpoint: a handed-back or cancelled job resumes at this
+        # batch, not at the start of the epoch.
+        self.reporter.save_checkpoint(epoch, trainer.checkpoint_bytes(epoch),
+                                      {"interrupted_after_batch": batch}, keep_last=self.keep_last)
+        self.reporter.event(f"checkpoint after {batch} batches of epoch {epoch + 1} "
+                            "(training was asked to stop)", {"epoch": epoch, "batch": batch})
 
 
 def standard_callbacks(spec: JobSpec, reporter: JobReporter,

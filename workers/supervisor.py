@@ -183,23 +183,26 @@ class Supervisor:
         rc, result = outcome.returncode, outcome.result
         data = {"returncode": rc, "stderr_tail": outcome.stderr_tail}
         handed_back = False
+        status = result.get("status")
         with transaction(self.factory) as session:
-            if rc == runner_module.EXIT_OK and result.get("status") == "ok":
+            # The result file is written last, after the model is stored: when it
+            # says ok, the job is done even if a signal then ended the process.
+            if status == "ok":
                 lifecycle.succeed(session, job_id, attempt)
-            elif rc == runner_module.EXIT_SUPERSEDED:
+            elif status == "superseded" or rc == runner_module.EXIT_SUPERSEDED:
                 log.info("job %s attempt %d ended superseded", job_id, attempt)
             elif outcome.stopped_for == "cancel":
-                how = ("stopped at a batch boundary" if rc == runner_module.EXIT_STOPPED
+                how = ("stopped at a batch boundary" if status == "stopped"
                        else f"runner killed after {self.settings.stop_grace_s:.0f}s")
                 lifecycle.finish_cancel(session, job_id, attempt, how)
-            elif outcome.stopped_for == "shutdown" or rc == runner_module.EXIT_STOPPED:
+            elif outcome.stopped_for == "shutdown" or status == "stopped":
                 handed_back = lifecycle.hand_back(
                     session, job_id, attempt, f"worker {self.worker} is shutting down; the job "
                     "resumes from its last checkpoint on another worker")
             elif rc < 0:
                 lifecycle.fail(session, job_id, attempt, "runner_crashed",
                                f"the runner died by {_signal_name(rc)}", data)
-            elif result.get("status") == "error":
+            elif status == "error":
                 lifecycle.fail(session, job_id, attempt, str(result["type"]),
                                str(result["message"]), data)
             else:

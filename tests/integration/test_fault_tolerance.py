@@ -147,7 +147,7 @@ def test_idempotent_submit_returns_the_first_job(fresh_stack: Stack) -> None:
 
 
 def test_sigterm_hands_the_job_back_without_using_an_attempt(fresh_stack: Stack) -> None:
-    env = {"TRAINERY_FAULT_INJECTION": "slow@0:0.02/long"}
+    env = {"TRAINERY_FAULT_INJECTION": "slow@0:0.1/long"}
     fresh_stack.start_worker("w1", env=env)
     job = fresh_stack.submit(slow_spec("long", epochs=8))
     wait_running(fresh_stack, job["id"], min_epoch=2)
@@ -157,8 +157,13 @@ def test_sigterm_hands_the_job_back_without_using_an_attempt(fresh_stack: Stack)
     assert done["status"] == "succeeded" and done["worker"].startswith("w2@")
     path = state_path(fresh_stack, job["id"])
     assert path == ["queued", "running", "queued", "running", "succeeded"]
-    handed = [e for e in events(fresh_stack, job["id"]) if "handed back" in e["message"]]
-    assert handed
+    evs = events(fresh_stack, job["id"])
+    assert [e for e in evs if "handed back" in e["message"]]
+    # The runner checkpointed at the batch where it stopped, and the next attempt
+    # resumed there: only the batches after it were trained again.
+    saved = [e for e in evs if e["message"].startswith("checkpoint after")]
+    resumed = [e for e in evs if e["message"].startswith("resumed from")]
+    assert saved and resumed and resumed[0]["data"]["batch"] == saved[0]["data"]["batch"] > 0
     rows = fresh_stack.client.get(f"/v1/jobs/{job['id']}/metrics").json()
     assert [r["epoch"] for r in rows] == list(range(1, 9))
 

@@ -19,7 +19,8 @@ import keras  # noqa: E402
 
 from app.schemas.spec import JobSpec, ModelSpec  # noqa: E402
 from workers import datasets  # noqa: E402
-from workers.callbacks import standard_callbacks  # noqa: E402
+from workers.callbacks import Callback, standard_callbacks  # noqa: E402
+from workers.runners.common import StopRequested  # noqa: E402
 from workers.modelspec import ResolvedLayer, resolve  # noqa: E402
 from workers.runners.tfkeras.build import apply_layer, build_model  # noqa: E402
 from workers.runners.tfkeras.export import keras_bytes, load_keras  # noqa: E402
@@ -290,3 +291,38 @@ def test_regression_with_compile_reports_mae_and_mse() -> None:
     logs = KerasTrainer(spec, model, data, callbacks).fit()
     assert {"loss", "mae", "mse", "val_loss", "val_mae", "val_mse"} <= set(logs)
     assert logs["mse"] >= logs["mae"] > 1.0  # in the targets' own units, not standardised ones
+
+
+class StopAtBatch(Callback):
+    """Asks training to stop after `batch` (0-based) of 1-based `epoch`, as SIGTERM would."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_begin(self, trainer: Any, epoch: int) -> None:
+        self.current = epoch
+
+    def on_batch_end(self, trainer: Any, batch: int) -> None:
+        if (self.current, batch) == (self.epoch, self.batch):
+            trainer.stop.set("SIGTERM")
+
+
+def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
+    spec = JobSpec.model_validate(RESUME_SPEC)
+    straight, straight_reports = _trainer(spec, init_seed=0)
+    straight.fit()
+
+    stopped, reports = _trainer(spec, init_seed=0)
+    stopped.callbacks.callbacks.append(StopAtBatch(epoch=3, batch=2))  # type: ignore[attr-defined]
+    with pytest.raises(StopRequested):
+        stopped.fit()
+    assert any("after 3 batches of epoch 3" in e for e in reports.events)
+    resumed, resumed_reports = _trainer(spec, init_seed=123)
+    assert resumed.load_checkpoint(reports.checkpoints[2]) == 2 and resumed.resume_batch == 3
+    resumed.fit()
+    strip = [(e, {k: v for k, v in logs.items() if k != "epoch_time_s"})
+             for e, logs in straight_reports.epochs if e > 2]
+    assert [(e, {k: v for k, v in logs.items() if k != "epoch_time_s"})
+            for e, logs in resumed_reports.epochs] == strip
+    for a, b in zip(straight.model.variables, resumed.model.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -14,6 +14,7 @@ from workers.datasets import Dataset, input_stats, synthetic
 from workers.errors import UserError
 from workers.modelspec import resolve, same_padding
 from workers.runners.pytorch.build import build_model
+from workers.runners.common import StopRequested
 from workers.runners.pytorch.trainer import TorchTrainer
 
 LAYERS: list[dict[str, Any]] = [
@@ -159,3 +160,48 @@ def test_data_over_the_device_budget_is_streamed_from_the_host_with_the_same_res
     for a, b in zip(on_device.model.state_dict().values(), streamed.model.state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)
+
+
+class StopAtBatch(Callback):
+    """Asks training to stop after `batch` (0-based) of 1-based `epoch`, as SIGTERM would."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch, self.current = epoch, batch, 0
+        self.payload = b""
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        self.current = epoch
+
+    def on_batch_end(self, trainer: Trainer, batch: int) -> None:
+        if (self.current, batch) == (self.epoch, self.batch):
+            trainer.stop.set("SIGTERM")  # type: ignore[attr-defined]
+
+    def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:
+        self.payload = trainer.checkpoint_bytes(epoch)
+
+
+def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
+    spec = JobSpec.model_validate({
+        "framework": "pytorch", "dataset": {"builtin": "synthetic", "n_samples": 300,
+                                            "sample_shape": [6], "num_classes": 3},
+        "model": {"layers": [{"type": "dense", "units": 16, "activation": "relu"},
+                             {"type": "dropout", "rate": 0.3}]},
+        "training": {"epochs": 4, "batch_size": 32, "lr_schedule": {"name": "cosine"}},
+    })
+    data = _dataset()
+    straight = _trainer(spec, data)
+    straight_logs = straight.fit()
+
+    stopped = _trainer(spec, data)
+    stopper = StopAtBatch(epoch=3, batch=4)
+    stopped.callbacks.callbacks.append(stopper)  # type: ignore[attr-defined]
+    with pytest.raises(StopRequested):
+        stopped.fit()
+    torch.manual_seed(99)
+    resumed = _trainer(spec, data)
+    assert resumed.load_checkpoint(stopper.payload) == 2 and resumed.resume_batch == 5
+    resumed_logs = resumed.fit()
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert resumed_logs["loss"] == straight_logs["loss"]

@@ -86,6 +86,9 @@ class TorchTrainer:
         self.epochs = spec.training.epochs
         self.stop_training = False
         self.start_epoch = 0
+        self.resume_batch = 0  # batches of start_epoch already trained (a mid-epoch resume)
+        self.resume_totals: torch.Tensor | None = None
+        self.interrupted: tuple[int, torch.Tensor] | None = None
         cuda = device.type == "cuda"
         self.model = model.to(device)
         self.channels_last = cuda and any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -153,6 +156,9 @@ class TorchTrainer:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "callbacks": self.callbacks.state(),
+            # Set when training stopped mid-epoch: batches done and their sums.
+            "batch": self.interrupted[0] if self.interrupted else 0,
+            "partial_totals": self.interrupted[1] if self.interrupted else torch.zeros(0),
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -169,6 +175,8 @@ class TorchTrainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.callbacks.load_state(state["callbacks"])
         self.start_epoch = int(state["epoch"])
+        self.resume_batch = int(state.get("batch", 0))
+        self.resume_totals = state["partial_totals"] if self.resume_batch else None
         return self.start_epoch
 
     def snapshot_weights(self) -> dict[str, torch.Tensor]:
@@ -215,7 +223,13 @@ class TorchTrainer:
         self.model.train()
         n = len(self.x_train)
         total = torch.zeros(1 + len(self.metrics), device=self.device, dtype=torch.float64)
+        skip, self.resume_batch = self.resume_batch, 0
+        if self.resume_totals is not None:  # resuming mid-epoch: the sums so far
+            total += self.resume_totals.to(self.device)
+            self.resume_totals = None
         for batch, idx in enumerate(self._batches(epoch)):
+            if batch < skip:
+                continue  # trained before the interruption
             # Nothing in this loop reads a value back: no device sync per batch.
             xb, yb = self._gather(self.x_train, self.y_train, idx)
             loss, out = self._train_step(xb, yb)
@@ -223,6 +237,8 @@ class TorchTrainer:
                                   *(s.double() for s in self._metric_sums(out, yb))])
             self.callbacks.on_batch_end(self, batch)
             if self.stop.is_set():
+                self.interrupted = (batch + 1, total.detach().cpu())
+                self.callbacks.on_interrupt(self, epoch, batch + 1)
                 raise StopRequested(self.stop.reason)
         values = (total / n).tolist()  # the epoch's one host sync
         return dict(zip(["loss", *self.metrics], values, strict=True))

@@ -47,7 +47,10 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
     checkpoint = reporter.latest_checkpoint()
     if checkpoint is not None:
         done = trainer.load_checkpoint(checkpoint.payload)
-        reporter.event(f"resumed from the checkpoint of epoch {done}", {"epoch": done})
+        within = (f", {trainer.resume_batch} batches into epoch {done + 1}"
+                  if trainer.resume_batch else "")
+        reporter.event(f"resumed from the checkpoint of epoch {done}{within}",
+                       {"epoch": done, "batch": trainer.resume_batch})
     device = "GPU:0" if gpu is not None else "CPU:0"
     reporter.event(f"training on {device} with tensorflow {tf.__version__} and keras "
                    f"{keras.__version__} ({policy}): {len(data.x_train)} training and "

@@ -100,6 +100,9 @@ class KerasTrainer:
         self.epochs = spec.training.epochs
         self.stop_training = False
         self.start_epoch = 0
+        self.resume_batch = 0  # batches of start_epoch already trained (a mid-epoch resume)
+        self.resume_totals: np.ndarray | None = None
+        self.interrupted: tuple[int, np.ndarray] | None = None
         self.metrics = spec.metric_names()[1:]
         self.optimizer = make_optimizer(spec.training.optimizer, policy)
         self.optimizer.build(model.trainable_variables)
@@ -128,7 +131,10 @@ class KerasTrainer:
         arrays = {f"model.{i:04d}": v.numpy() for i, v in enumerate(self.model.variables)}
         arrays.update({f"optimizer.{i:04d}": v.numpy()
                        for i, v in enumerate(self.optimizer.variables)})
+        if self.interrupted:  # stopped mid-epoch: batches done and their sums
+            arrays["partial_totals"] = self.interrupted[1]
         meta = {"format": CHECKPOINT_FORMAT, "epoch": epoch,
+                "batch": self.interrupted[0] if self.interrupted else 0,
                 "model": [v.path for v in self.model.variables],
                 "optimizer": [v.path for v in self.optimizer.variables],
                 "callbacks": self.callbacks.state()}
@@ -154,6 +160,8 @@ class KerasTrainer:
                         raise ValueError(f"checkpoint variable {meta[group][i]} has shape "
                                          f"{value.shape}, {v.path} needs {tuple(v.shape)}")
                     v.assign(value)
+            self.resume_batch = int(meta.get("batch", 0))
+            self.resume_totals = npz["partial_totals"] if self.resume_batch else None
         self.callbacks.load_state(meta["callbacks"])
         self.start_epoch = int(meta["epoch"])
         return self.start_epoch
@@ -220,10 +228,18 @@ class KerasTrainer:
 
     def _train_epoch(self, epoch: int) -> Logs:
         total = self._zeros()
+        skip, self.resume_batch = self.resume_batch, 0
+        if self.resume_totals is not None:  # resuming mid-epoch: the sums so far
+            total += tf.constant(self.resume_totals, tf.float64)
+            self.resume_totals = None
         for batch, idx in enumerate(self._batches(epoch)):
+            if batch < skip:
+                continue  # trained before the interruption
             total += self.train_step(idx)
             self.callbacks.on_batch_end(self, batch)
             if self.stop.is_set():
+                self.interrupted = (batch + 1, total.numpy())
+                self.callbacks.on_interrupt(self, epoch, batch + 1)
                 raise StopRequested(self.stop.reason)
         return self._logs(total, len(self.dataset.x_train))
 
