@@ -18,6 +18,13 @@ from tests.specs import tiny_spec
 
 pytestmark = pytest.mark.integration
 
+# Broker- and process-level behaviour does not depend on the SQL backend (the CAS
+# claims and heartbeats under it run on both in the lifecycle unit tests and the
+# chaos test): these run on one backend to keep the suite inside its time budget.
+def ONE_BACKEND(backend: str) -> pytest.MarkDecorator:  # noqa: N802 - reads as a marker
+    return pytest.mark.parametrize("database_url", [backend], indirect=True)
+
+
 
 def chaos_spec(name: str, epochs: int = 8, n_samples: int = 8000) -> dict[str, Any]:
     """A job whose epochs take about a second here: long enough to be killed in the middle."""
@@ -146,6 +153,7 @@ def test_idempotent_submit_returns_the_first_job(fresh_stack: Stack) -> None:
     assert [j["id"] for j in listed] == [first.json()["id"]]
 
 
+@ONE_BACKEND("postgres")
 def test_sigterm_hands_the_job_back_without_using_an_attempt(fresh_stack: Stack) -> None:
     env = {"TRAINERY_FAULT_INJECTION": "slow@0:0.1/long"}
     fresh_stack.start_worker("w1", env=env)
@@ -168,6 +176,7 @@ def test_sigterm_hands_the_job_back_without_using_an_attempt(fresh_stack: Stack)
     assert [r["epoch"] for r in rows] == list(range(1, 9))
 
 
+@ONE_BACKEND("sqlite")
 def test_poison_job_fails_with_worker_lost_after_max_attempts(fresh_stack: Stack) -> None:
     env = {"TRAINERY_FAULT_INJECTION": "kill_worker@0/poison", "TRAINERY_MAX_ATTEMPTS": "2"}
     fresh_stack.start_worker("w1", env=env)
@@ -259,6 +268,7 @@ def test_chaos_sigkill_workers_mid_epoch(fresh_stack: Stack) -> None:
           f"death_to_running_s median={statistics.median(recovery):.2f} max={max(recovery):.2f}")
 
 
+@ONE_BACKEND("sqlite")
 def test_redis_killed_and_restarted_and_flushed_loses_no_job(fresh_stack: Stack) -> None:
     redis = fresh_stack.redis  # type: ignore[attr-defined]
     fresh_stack.start_worker("w1")
@@ -278,6 +288,7 @@ def test_redis_killed_and_restarted_and_flushed_loses_no_job(fresh_stack: Stack)
         assert fresh_stack.wait(job_id, timeout=180)["status"] == "succeeded"
 
 
+@ONE_BACKEND("postgres")
 def test_visibility_timeout_redelivery_never_runs_a_job_twice(
         database_url: str, tmp_path: Any, redis_server: Any) -> None:
     from tests.conftest import FAST_RECOVERY
@@ -299,6 +310,7 @@ def test_visibility_timeout_redelivery_never_runs_a_job_twice(
         stack.stop()
 
 
+@ONE_BACKEND("postgres")
 def test_a_keras_job_resumes_after_its_worker_is_killed(fresh_stack: Stack) -> None:
     env = {"TRAINERY_FAULT_INJECTION": "slow@0:0.01/keras-resume"}
     fresh_stack.start_worker("k1", env=env)

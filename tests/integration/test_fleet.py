@@ -77,6 +77,7 @@ def test_a_worker_that_fails_its_device_check_takes_no_job(fresh_stack: Stack) -
     assert fresh_stack.wait(job["id"], timeout=120)["status"] == "succeeded"
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQL-independent
 def test_pending_reason_counts_jobs_ahead_and_busy_workers(fresh_stack: Stack) -> None:
     fresh_stack.start_worker("w1", env={"TRAINERY_FAULT_INJECTION": "slow@0:0.05/slow"})
     first = fresh_stack.submit(tiny_spec(epochs=5, name="slow"))
