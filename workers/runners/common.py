@@ -57,3 +57,15 @@ def model_card(spec: JobSpec, dataset: Dataset, versions: dict[str, str],
         "n_train": int(len(dataset.x_train)),
         "n_val": int(len(dataset.x_val)),
     }
+
+
+def resume_from_latest(trainer: Any, reporter: Any) -> None:
+    """Load the job's newest intact checkpoint into trainer, if any, and say so in the events."""
+    checkpoint = reporter.latest_checkpoint()
+    if checkpoint is None:
+        return
+    done = trainer.load_checkpoint(checkpoint.payload)
+    within = (f", {trainer.resume_batch} batches into epoch {done + 1}"
+              if trainer.resume_batch else "")
+    reporter.event(f"resumed from the checkpoint of epoch {done}{within}",
+                   {"epoch": done, "batch": trainer.resume_batch})

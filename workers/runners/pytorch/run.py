@@ -12,7 +12,7 @@ from workers import dataset_cache, datasets
 from workers.callbacks import standard_callbacks
 from workers.modelspec import resolve
 from workers.reporting import JobReporter
-from workers.runners.common import StopFlag, model_card
+from workers.runners.common import StopFlag, model_card, resume_from_latest
 from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.pytorch.build import build_model
 from workers.runners.pytorch.export import onnx_bytes, safetensors_bytes, torchscript_bytes
@@ -40,13 +40,7 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
     trainer = TorchTrainer(spec, model, data, device, callbacks, stop)
     if trainer.precision_note:
         reporter.event(trainer.precision_note)
-    checkpoint = reporter.latest_checkpoint()
-    if checkpoint is not None:
-        done = trainer.load_checkpoint(checkpoint.payload)
-        within = (f", {trainer.resume_batch} batches into epoch {done + 1}"
-                  if trainer.resume_batch else "")
-        reporter.event(f"resumed from the checkpoint of epoch {done}{within}",
-                       {"epoch": done, "batch": trainer.resume_batch})
+    resume_from_latest(trainer, reporter)
     reporter.event(f"training on {device} with torch {torch.__version__}: "
                    f"{len(data.x_train)} training and {len(data.x_val)} validation samples")
     trainer.fit()

@@ -13,7 +13,7 @@ from workers import dataset_cache, datasets
 from workers.callbacks import standard_callbacks
 from workers.modelspec import resolve
 from workers.reporting import JobReporter
-from workers.runners.common import StopFlag, model_card
+from workers.runners.common import StopFlag, model_card, resume_from_latest
 from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.tfkeras.build import build_model
 from workers.runners.tfkeras.export import keras_bytes
@@ -44,13 +44,7 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
     model = make_model(policy=policy)
     callbacks, _ = standard_callbacks(spec, reporter, has_validation=len(data.x_val) > 0)
     trainer = KerasTrainer(spec, model, data, callbacks, stop, policy)
-    checkpoint = reporter.latest_checkpoint()
-    if checkpoint is not None:
-        done = trainer.load_checkpoint(checkpoint.payload)
-        within = (f", {trainer.resume_batch} batches into epoch {done + 1}"
-                  if trainer.resume_batch else "")
-        reporter.event(f"resumed from the checkpoint of epoch {done}{within}",
-                       {"epoch": done, "batch": trainer.resume_batch})
+    resume_from_latest(trainer, reporter)
     device = "GPU:0" if gpu is not None else "CPU:0"
     reporter.event(f"training on {device} with tensorflow {tf.__version__} and keras "
                    f"{keras.__version__} ({policy}): {len(data.x_train)} training and "
