@@ -203,18 +203,19 @@ def test_chaos_sigkill_workers_mid_epoch(fresh_stack: Stack) -> None:
         fresh_stack.start_worker(name, env=env)
     jobs = [fresh_stack.submit(chaos_spec(f"chaos-{i}", epochs))["id"] for i in range(3)]
     kills: list[dict[str, Any]] = []
-    epoch_at_kill: dict[str, int] = {}
     deadline = time.monotonic() + 400
     while len(kills) < 5:
         assert time.monotonic() < deadline, f"only {len(kills)} kills"
         for job_id in jobs:
             assert len(runner_pids(job_id)) <= 1, "two runners for one job"
         running = [fresh_stack.job(j) for j in jobs]
-        # A job whose current attempt has finished an epoch since its last kill, so
-        # the kill lands in the middle of training rather than in a runner's start-up.
+        # A job whose current attempt has itself finished an epoch (its progress may be
+        # the previous attempt's), so the kill lands in the middle of training rather
+        # than in a runner's start-up.
         candidates = [j for j in running if j["status"] == "running"
-                      and max(1, epoch_at_kill.get(j["id"], 0) + 1) <= j["progress"]["epoch"]
-                      <= epochs - 2]
+                      and j["progress"]["epoch"] <= epochs - 2
+                      and any(e["kind"] == "metrics" and e["attempt"] == j["attempt"]
+                              for e in events(fresh_stack, j["id"]))]
         if not candidates:
             if all(j["status"] == "succeeded" for j in running):
                 jobs.append(fresh_stack.submit(chaos_spec(f"chaos-{len(jobs)}", epochs))["id"])
@@ -231,7 +232,6 @@ def test_chaos_sigkill_workers_mid_epoch(fresh_stack: Stack) -> None:
         killed_at = time.time()
         proc.wait()
         kills.append({"job": job["id"], "at": killed_at, "attempt": job["attempt"]})
-        epoch_at_kill[job["id"]] = job["progress"]["epoch"]
         fresh_stack.start_worker(name, env=env)
         # Wait for the job to run again (a new attempt) before the next kill.
         deadline_rerun = time.monotonic() + 120
