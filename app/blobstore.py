@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
@@ -80,16 +80,23 @@ class BlobStore:
         )
 
     def _write_one_chunk(self, data: bytes, *, owner: str, kind: str) -> BlobInfo:
-        """A payload of at most one chunk: header, chunk and hash in one short transaction
-        (a training loop writes one such checkpoint every epoch)."""
+        """A payload of at most one chunk: header, chunk and hash in one short transaction."""
+        with transaction(self._factory) as session:
+            return self.add_small(session, data, owner=owner, kind=kind)
+
+    def add_small(self, session: Session, data: bytes, *, owner: str, kind: str) -> BlobInfo:
+        """Store a payload of at most one chunk in the caller's transaction, complete at once
+        (a training loop's checkpoint goes in with its checkpoint row: one commit an epoch)."""
+        if len(data) > self.chunk_bytes:
+            raise ValueError(f"{len(data)} bytes do not fit one chunk of {self.chunk_bytes}")
         blob_id = f"blob_{uuid.uuid4().hex}"
         sha = hashlib.sha256(data).hexdigest()
-        with transaction(self._factory) as session:
-            session.add(Blob(id=blob_id, owner=owner, kind=kind, chunk_bytes=self.chunk_bytes,
-                             size=len(data), sha256=sha, complete=True))
-            if data:
-                session.flush()  # the chunk's foreign key needs its blob row first
-                session.add(BlobChunk(blob_id=blob_id, seq=0, data=data))
+        # Core inserts: the ORM's unit of work costs more than the rows do.
+        session.execute(insert(Blob).values(
+            id=blob_id, owner=owner, kind=kind, chunk_bytes=self.chunk_bytes, size=len(data),
+            sha256=sha, complete=True))
+        if data:
+            session.execute(insert(BlobChunk).values(blob_id=blob_id, seq=0, data=data))
         return BlobInfo(blob_id, len(data), sha)
 
     def info(self, blob_id: str) -> BlobInfo:
@@ -125,5 +132,11 @@ class BlobStore:
     def delete(self, blob_id: str) -> None:
         """Remove a blob and its chunks."""
         with transaction(self._factory) as session:
-            session.execute(delete(BlobChunk).where(BlobChunk.blob_id == blob_id))
-            session.execute(delete(Blob).where(Blob.id == blob_id))
+            self.delete_in(session, [blob_id])
+
+    @staticmethod
+    def delete_in(session: Session, blob_ids: list[str]) -> None:
+        """Remove blobs and their chunks in the caller's transaction."""
+        if blob_ids:
+            session.execute(delete(BlobChunk).where(BlobChunk.blob_id.in_(blob_ids)))
+            session.execute(delete(Blob).where(Blob.id.in_(blob_ids)))

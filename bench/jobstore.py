@@ -32,6 +32,10 @@ def claimed_job(spec: JobSpec, worker: str = "bench") -> Iterator[JobReporter]:
                 attempt = lifecycle.claim(session, job.id, worker)
             assert attempt is not None
             blobs = BlobStore(factory, settings.blob_chunk_bytes)
-            yield JobReporter(factory, blobs, job.id, attempt)
+            reporter = JobReporter(factory, blobs, job.id, attempt, write_behind=True)
+            try:
+                yield reporter
+            finally:
+                reporter.close()
         finally:
             engine.dispose()

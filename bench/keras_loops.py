@@ -47,7 +47,8 @@ def trainery_run(spec: JobSpec, data: Dataset, model: keras.Model, policy: str,
         trainer.fit()
     side = sum(cb.seconds for cb in callbacks.callbacks
                if isinstance(cb, (MetricsReporter, Checkpointer)))
-    return LoopResult.of(name, len(data.x_train), clock.epochs, side)
+    return LoopResult.of(name, len(data.x_train), clock.epochs, side,
+                         background=reporter.background_seconds)
 
 
 class _EpochTimes(keras.callbacks.Callback):  # type: ignore[misc]

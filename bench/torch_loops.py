@@ -13,7 +13,7 @@ from torch import nn
 
 from app.schemas.spec import JobSpec
 from bench.jobstore import claimed_job
-from bench.timing import EpochClock, EpochRecord, Interleave, LoopResult
+from bench.timing import EpochClock, EpochRecord, HoldWrites, Interleave, LoopResult
 from workers import datasets
 from workers.callbacks import CallbackList, Checkpointer, MetricsReporter, standard_callbacks
 from workers.datasets import Dataset
@@ -40,8 +40,9 @@ def interleaved(spec: JobSpec, data: Dataset, model: nn.Module, device: torch.de
     with claimed_job(spec) as reporter:
         callbacks, _ = standard_callbacks(spec, reporter, has_validation=len(data.x_val) > 0)
         order = [turns, clock] if reference_first else [clock, turns]
+        writes = HoldWrites(reporter)
         trainer = TorchTrainer(spec, copy.deepcopy(model), data, device,
-                               CallbackList([callbacks, *order]))
+                               CallbackList([writes.hold, callbacks, *order, writes.release]))
         trainer.fit()
     side = sum(cb.seconds for cb in callbacks.callbacks
                if isinstance(cb, (MetricsReporter, Checkpointer)))
@@ -49,7 +50,8 @@ def interleaved(spec: JobSpec, data: Dataset, model: nn.Module, device: torch.de
     if not trainer.data_on_device:
         notes.append("the data did not fit the device budget: batches streamed from pinned memory")
     n = len(data.x_train)
-    return (LoopResult.of(names[0], n, clock.epochs, side, notes),
+    return (LoopResult.of(names[0], n, clock.epochs, side, notes,
+                          background=reporter.background_seconds),
             LoopResult.of(names[1], n, turns.epochs))
 
 

@@ -224,5 +224,5 @@ def standard_callbacks(spec: JobSpec, reporter: JobReporter,
     if faults:
         from workers.faults import FaultInjector, parse
 
-        callbacks.append(FaultInjector(parse(faults, spec.name)))
+        callbacks.append(FaultInjector(parse(faults, spec.name), reporter))
     return CallbackList(callbacks), tracker

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from workers.callbacks import Callback, Logs, Trainer
+from workers.reporting import JobReporter
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ def parse(text: str, job_name: str) -> list[Rule]:
 class FaultInjector(Callback):
     name = "faults"
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], reporter: JobReporter | None = None) -> None:
         self.rules = rules
+        self.reporter = reporter
         self.epoch = 0
         self.started = False
 
@@ -59,6 +61,10 @@ class FaultInjector(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         for rule in self.rules:
             if rule.epoch == epoch and rule.kind != "slow":
+                if self.reporter is not None:
+                    # Strike once the epoch's writes have landed, so a test knows
+                    # which checkpoint the next attempt finds.
+                    self.reporter.flush()
                 self._fire(rule)
 
     @staticmethod

@@ -40,7 +40,8 @@ def main(argv: list[str]) -> int:
     settings = get_settings()
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)
-    reporter = JobReporter(factory, BlobStore(factory, settings.blob_chunk_bytes), job_id, attempt)
+    reporter = JobReporter(factory, BlobStore(factory, settings.blob_chunk_bytes), job_id, attempt,
+                           write_behind=True)
 
     def outcome(code: int, **result: Any) -> int:
         result_path.write_text(json.dumps(result))
@@ -48,7 +49,13 @@ def main(argv: list[str]) -> int:
 
     try:
         spec = JobSpec.model_validate(reporter.spec)
-        _train(spec, reporter, stop)
+        try:
+            _train(spec, reporter, stop)
+        finally:
+            # Whatever ended training, its queued writes (the last metrics, a
+            # hand-back checkpoint) land before the outcome; a write that was
+            # refused (Superseded) becomes the outcome.
+            reporter.close()
         return outcome(EXIT_OK, status="ok")
     except UserError as exc:
         return outcome(EXIT_USER, status="error", type="user_error", message=str(exc))

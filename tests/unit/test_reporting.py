@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.blobstore import BlobStore
 from app.db import transaction
-from app.models import Blob, BlobChunk, Checkpoint
+from app.models import Blob, BlobChunk, Checkpoint, EpochMetrics, JobEvent
 from app.services import lifecycle
 from tests.unit.test_lifecycle import new_job
 from workers.errors import Superseded
@@ -60,4 +60,51 @@ def test_a_superseded_attempt_cannot_write(factory: sessionmaker[Session]) -> No
     with pytest.raises(Superseded):
         r.save_artifact("torchscript", b"model", "model.pt", "application/octet-stream")
     with factory() as session:  # nothing left behind by the refused writes
+        assert session.query(Blob).count() == 0
+
+
+def write_behind_reporter(factory: sessionmaker[Session]) -> JobReporter:
+    plain = reporter(factory)
+    return JobReporter(factory, plain.blobs, plain.job_id, 1, write_behind=True)
+
+
+def test_write_behind_lands_every_write_in_order_off_the_calling_thread(
+        factory: sessionmaker[Session]) -> None:
+    r = write_behind_reporter(factory)
+    assert r.write_gate is not None
+    with r.write_gate:  # the writer is held back: the calls return without touching SQL
+        r.record_epoch(1, 3, {"loss": 0.5}, None)
+        r.save_checkpoint(1, b"c" * 3000, {"loss": 0.5}, keep_last=2)
+        r.event("after epoch 1")
+        with factory() as session:
+            assert session.query(EpochMetrics).count() == 0
+            assert session.query(Checkpoint).count() == 0
+    r.record_epoch(2, 3, {"loss": 0.25}, None)  # first waits for epoch 1's writes
+    with factory() as session:
+        assert [m.epoch for m in session.query(EpochMetrics)] == [1]
+        assert session.query(Checkpoint).count() == 1
+    r.close()
+    with factory() as session:
+        assert sorted(m.epoch for m in session.query(EpochMetrics)) == [1, 2]
+        messages = [e.message for e in session.query(JobEvent).order_by(JobEvent.id)
+                    if e.attempt == 1]
+    assert messages[-3:] == ["epoch 1/3", "after epoch 1", "epoch 2/3"]
+    assert r.background_seconds > 0
+
+
+def test_write_behind_raises_a_refused_write_at_the_next_call_and_writes_nothing_after(
+        factory: sessionmaker[Session]) -> None:
+    r = write_behind_reporter(factory)
+    with transaction(factory) as session:
+        lifecycle.reap_lost(session, r.job_id, 1, 0, 3, 30)
+        lifecycle.claim(session, r.job_id, "other")
+    r.record_epoch(1, 2, {"loss": 1.0}, None)  # queued: the refusal comes back later
+    with pytest.raises(Superseded):
+        r.flush()
+    with pytest.raises(Superseded):  # the error sticks: a runner must stop writing
+        r.save_checkpoint(1, b"z" * 10, {}, keep_last=2)
+    with pytest.raises(Superseded):
+        r.close()
+    with factory() as session:
+        assert session.query(EpochMetrics).count() == 0
         assert session.query(Blob).count() == 0
