@@ -17,12 +17,7 @@ from app.schemas.spec import JobSpec
 from bench.jobstore import claimed_job
 from bench.timing import EpochClock, LoopResult
 from workers import datasets
-from workers.callbacks import (
-    CallbackList,
-    Checkpointer,
-    MetricsReporter,
-    standard_callbacks,
-)
+from workers.callbacks import CallbackList, EpochRecorder, standard_callbacks
 from workers.datasets import Dataset
 from workers.modelspec import resolve
 from workers.runners.tfkeras.build import build_model
@@ -46,7 +41,7 @@ def trainery_run(spec: JobSpec, data: Dataset, model: keras.Model, policy: str,
         trainer = KerasTrainer(spec, model, data, CallbackList([callbacks, clock]), policy=policy)
         trainer.fit()
     side = sum(cb.seconds for cb in callbacks.callbacks
-               if isinstance(cb, (MetricsReporter, Checkpointer)))
+               if isinstance(cb, EpochRecorder))
     return LoopResult.of(name, len(data.x_train), clock.epochs, side,
                          background=reporter.background_seconds)
 

@@ -15,7 +15,7 @@ from app.schemas.spec import JobSpec
 from bench.jobstore import claimed_job
 from bench.timing import EpochClock, EpochRecord, HoldWrites, Interleave, LoopResult
 from workers import datasets
-from workers.callbacks import CallbackList, Checkpointer, MetricsReporter, standard_callbacks
+from workers.callbacks import CallbackList, EpochRecorder, standard_callbacks
 from workers.datasets import Dataset
 from workers.modelspec import resolve
 from workers.runners.pytorch.build import build_model
@@ -45,7 +45,7 @@ def interleaved(spec: JobSpec, data: Dataset, model: nn.Module, device: torch.de
                                CallbackList([writes.hold, callbacks, *order, writes.release]))
         trainer.fit()
     side = sum(cb.seconds for cb in callbacks.callbacks
-               if isinstance(cb, (MetricsReporter, Checkpointer)))
+               if isinstance(cb, EpochRecorder))
     notes = [trainer.precision_note] if trainer.precision_note else []
     if not trainer.data_on_device:
         notes.append("the data did not fit the device budget: batches streamed from pinned memory")

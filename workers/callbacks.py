@@ -163,37 +163,25 @@ class EarlyStopping(Callback):
         self.tracker.best = state.get("best")
 
 
-class MetricsReporter(Callback):
-    """Writes each epoch's logs, the progress and the best metric to SQL."""
+class EpochRecorder(Callback):
+    """Each epoch's metrics and progress, and every N epochs (and at the last) a full
+    checkpoint, stored together: a job whose progress says epoch N resumes from epoch N
+    when a checkpoint was due there. Keeps the newest K checkpoints."""
 
-    name = "metrics"
+    name = "recorder"
 
-    def __init__(self, reporter: JobReporter, tracker: BestTracker) -> None:
+    def __init__(self, reporter: JobReporter, tracker: BestTracker, every_epochs: int,
+                 keep_last: int) -> None:
         self.reporter, self.tracker = reporter, tracker
-        self.seconds = 0.0  # time spent reporting, as Checkpointer.seconds
+        self.every, self.keep_last = every_epochs, keep_last
+        self.seconds = 0.0  # time spent on the training thread: serialising and queueing
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         start = time.perf_counter()
-        self.reporter.record_epoch(epoch, trainer.epochs, logs, self.tracker.best)
-        self.seconds += time.perf_counter() - start
-
-
-class Checkpointer(Callback):
-    """Saves a full checkpoint every N epochs (and at the last) and keeps the newest K."""
-
-    name = "checkpointer"
-
-    def __init__(self, reporter: JobReporter, every_epochs: int, keep_last: int) -> None:
-        self.reporter, self.every, self.keep_last = reporter, every_epochs, keep_last
-        self.seconds = 0.0
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         last = epoch == trainer.epochs or trainer.stop_training
-        if epoch % self.every and not last:
-            return
-        start = time.perf_counter()
-        self.reporter.save_checkpoint(epoch, trainer.checkpoint_bytes(epoch), logs,
-                                      keep_last=self.keep_last)
+        checkpoint = None if epoch % self.every and not last else trainer.checkpoint_bytes(epoch)
+        self.reporter.record_epoch(epoch, trainer.epochs, logs, self.tracker.best,
+                                   checkpoint=checkpoint, keep_last=self.keep_last)
         self.seconds += time.perf_counter() - start
 
     def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:
@@ -209,7 +197,8 @@ def standard_callbacks(spec: JobSpec, reporter: JobReporter,
                        has_validation: bool) -> tuple[CallbackList, BestTracker]:
     """The callbacks every job runs, in the order their effects depend on."""
     if spec.training.early_stopping is not None:
-        monitor, mode = spec.training.early_stopping.monitor, spec.training.early_stopping.resolved_mode
+        monitor, mode = (spec.training.early_stopping.monitor,
+                         spec.training.early_stopping.resolved_mode)
     else:
         metric = spec.metric_names()[1] if len(spec.metric_names()) > 1 else "loss"
         monitor = f"val_{metric}" if has_validation else metric
@@ -218,8 +207,8 @@ def standard_callbacks(spec: JobSpec, reporter: JobReporter,
     callbacks: list[Callback] = [tracker]
     if spec.training.early_stopping is not None:
         callbacks.append(EarlyStopping(spec.training.early_stopping, reporter))
-    callbacks += [MetricsReporter(reporter, tracker),
-                  Checkpointer(reporter, spec.checkpoint.every_epochs, spec.checkpoint.keep_last)]
+    callbacks.append(EpochRecorder(reporter, tracker, spec.checkpoint.every_epochs,
+                                   spec.checkpoint.keep_last))
     faults = get_settings().fault_injection
     if faults:
         from workers.faults import FaultInjector, parse

@@ -1,4 +1,5 @@
-"""A runner's only door to the SQL store: metrics, events, checkpoints and models, fenced by attempt."""
+"""A runner's only door to the SQL store: metrics, events, checkpoints and models, fenced
+by attempt."""
 
 from __future__ import annotations
 
@@ -144,31 +145,43 @@ class JobReporter:
             return str(session.scalar(select(Job.status).where(Job.id == self.job_id)))
 
     def record_epoch(self, epoch: int, epochs: int, logs: dict[str, float],
-                     best: dict[str, Any] | None) -> None:
-        """One epoch's metrics and the job's progress."""
+                     best: dict[str, Any] | None, *, checkpoint: bytes | None = None,
+                     keep_last: int = 1) -> None:
+        """One epoch's metrics and the job's progress, and its checkpoint when one is due,
+        committed together: the progress never runs ahead of the checkpoint."""
         self.flush()  # the previous epoch's writes have landed: never more than one behind
         logs, best = dict(logs), None if best is None else dict(best)
 
-        def write() -> None:
-            with transaction(self.factory) as session:
-                if not lifecycle.record_epoch(session, self.job_id, self.attempt, epoch, epochs,
-                                              logs, best):
-                    raise Superseded(
-                        f"attempt {self.attempt} of {self.job_id} no longer owns the job")
-        self._write(write)
+        def progress(session: Session) -> None:
+            if not lifecycle.record_epoch(session, self.job_id, self.attempt, epoch, epochs,
+                                          logs, best):
+                raise Superseded(f"attempt {self.attempt} of {self.job_id} no longer owns the job")
 
-    def save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, float],
+        if checkpoint is None:
+            self._write(lambda: self._commit(progress))
+        else:
+            self._write(lambda: self._commit_checkpoint(epoch, checkpoint, logs, keep_last,
+                                                        progress))
+
+    def save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, Any],
                         *, keep_last: int) -> None:
-        """Store a checkpoint; it counts only once all its chunks and its hash are committed."""
+        """A checkpoint on its own (training stopped mid-epoch)."""
         metrics = dict(metrics)
-        self._write(lambda: self._save_checkpoint(epoch, payload, metrics, keep_last))
+        self._write(lambda: self._commit_checkpoint(epoch, payload, metrics, keep_last,
+                                                    self._fence))
 
-    def _save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, float],
-                         keep_last: int) -> None:
+    def _commit(self, claim: Callable[[Session], None]) -> None:
+        with transaction(self.factory) as session:
+            claim(session)
+
+    def _commit_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, Any],
+                           keep_last: int, claim: Callable[[Session], None]) -> None:
+        """Store a checkpoint in the transaction of claim (the fence, or the epoch's
+        progress) and prune the oldest; it counts only once its bytes and hash are in."""
         if len(payload) <= self.blobs.chunk_bytes:
-            # The common case: blob, row and the pruning of the oldest in one commit.
+            # The common case: blob, row, progress and pruning in one commit.
             with transaction(self.factory) as session:
-                self._fence(session)
+                claim(session)
                 info = self.blobs.add_small(session, payload, owner=self.owner, kind="checkpoint")
                 self._add_checkpoint(session, epoch, info.id, metrics)
                 self.blobs.delete_in(session, self._prune(session, keep_last))
@@ -176,13 +189,12 @@ class JobReporter:
         # A large checkpoint streams in chunk by chunk first (short transactions, so
         # other writers are not blocked); its row goes in once every chunk has.
         with self._new_blob(payload, "checkpoint") as info, transaction(self.factory) as session:
-            self._fence(session)
+            claim(session)
             self._add_checkpoint(session, epoch, info.id, metrics)
-            stale = self._prune(session, keep_last)
-            self.blobs.delete_in(session, stale)
+            self.blobs.delete_in(session, self._prune(session, keep_last))
 
     def _add_checkpoint(self, session: Session, epoch: int, blob_id: str,
-                        metrics: dict[str, float]) -> None:
+                        metrics: dict[str, Any]) -> None:
         session.execute(insert(Checkpoint).values(
             job_id=self.job_id, owner=self.owner, epoch=epoch, attempt=self.attempt,
             blob_id=blob_id, metrics=metrics))
@@ -212,7 +224,8 @@ class JobReporter:
         self.flush()
         with self.factory() as session:
             rows = session.execute(
-                select(Checkpoint.epoch, Checkpoint.blob_id).join(Blob, Blob.id == Checkpoint.blob_id)
+                select(Checkpoint.epoch, Checkpoint.blob_id)
+                .join(Blob, Blob.id == Checkpoint.blob_id)
                 .where(Checkpoint.job_id == self.job_id, Blob.complete.is_(True))
                 .order_by(Checkpoint.epoch.desc(), Checkpoint.id.desc())).all()
         for epoch, blob_id in rows:

@@ -20,8 +20,8 @@ import keras  # noqa: E402
 from app.schemas.spec import JobSpec, ModelSpec  # noqa: E402
 from workers import datasets  # noqa: E402
 from workers.callbacks import Callback, standard_callbacks  # noqa: E402
-from workers.runners.common import StopRequested  # noqa: E402
 from workers.modelspec import ResolvedLayer, resolve  # noqa: E402
+from workers.runners.common import StopRequested  # noqa: E402
 from workers.runners.tfkeras.build import apply_layer, build_model  # noqa: E402
 from workers.runners.tfkeras.export import keras_bytes, load_keras  # noqa: E402
 from workers.runners.tfkeras.trainer import KerasTrainer, dtype_policy_for  # noqa: E402
@@ -60,8 +60,11 @@ class FakeReporter:
         self.checkpoints: dict[int, bytes] = {}
         self.events: list[str] = []
 
-    def record_epoch(self, epoch: int, epochs: int, logs: dict[str, float], best: Any) -> None:
+    def record_epoch(self, epoch: int, epochs: int, logs: dict[str, float], best: Any, *,
+                     checkpoint: bytes | None = None, keep_last: int = 1) -> None:
         self.epochs.append((epoch, dict(logs)))
+        if checkpoint is not None:
+            self.checkpoints[epoch] = checkpoint
 
     def save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, float], *,
                         keep_last: int) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.blobstore import BlobStore
 from app.db import transaction
-from app.models import Blob, BlobChunk, Checkpoint, EpochMetrics, JobEvent
+from app.models import Blob, BlobChunk, Checkpoint, EpochMetrics, Job, JobEvent
 from app.services import lifecycle
 from tests.unit.test_lifecycle import new_job
 from workers.errors import Superseded
@@ -108,3 +108,28 @@ def test_write_behind_raises_a_refused_write_at_the_next_call_and_writes_nothing
     with factory() as session:
         assert session.query(EpochMetrics).count() == 0
         assert session.query(Blob).count() == 0
+
+
+@pytest.mark.parametrize("size", [500, 3000], ids=["one-chunk", "three-chunks"])
+def test_an_epoch_and_its_checkpoint_commit_together(factory: sessionmaker[Session],
+                                                     size: int) -> None:
+    r = reporter(factory)
+    r.record_epoch(1, 3, {"loss": 0.5}, None, checkpoint=b"e" * size, keep_last=1)
+    r.record_epoch(2, 3, {"loss": 0.4}, None, checkpoint=b"f" * size, keep_last=1)
+    latest = r.latest_checkpoint()
+    assert latest is not None and latest.epoch == 2 and latest.payload == b"f" * size
+    with factory() as session:
+        assert session.query(Checkpoint).count() == 1  # keep_last pruned epoch 1 and its blob
+        assert session.query(Blob).count() == 1
+        job = session.get_one(Job, r.job_id)
+        assert job.progress_epoch == 2
+    # A superseded attempt's epoch leaves neither its metrics nor its checkpoint behind.
+    with transaction(factory) as session:
+        lifecycle.reap_lost(session, r.job_id, 1, 0, 3, 30)
+        lifecycle.claim(session, r.job_id, "other")
+    with pytest.raises(Superseded):
+        r.record_epoch(3, 3, {"loss": 0.3}, None, checkpoint=b"g" * size, keep_last=1)
+    with factory() as session:
+        assert session.query(EpochMetrics).count() == 2
+        assert (session.query(Blob).count() == 1
+                and session.query(BlobChunk).count() == -(-size // 1024))
