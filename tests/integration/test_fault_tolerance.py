@@ -18,9 +18,10 @@ from tests.specs import tiny_spec
 
 pytestmark = pytest.mark.integration
 
-# Broker- and process-level behaviour does not depend on the SQL backend (the CAS
-# claims and heartbeats under it run on both in the lifecycle unit tests and the
-# chaos test): these run on one backend to keep the suite inside its time budget.
+# Broker- and process-level behaviour (signals, crashes, timeouts, Redis) does not
+# depend on the SQL backend (the CAS claims and heartbeats under it run on both in the
+# lifecycle unit tests, the cancel/retry test and the chaos test): these run on one
+# backend each, alternating, to keep the suite inside its time budget.
 def ONE_BACKEND(backend: str) -> pytest.MarkDecorator:  # noqa: N802 - reads as a marker
     return pytest.mark.parametrize("database_url", [backend], indirect=True)
 
@@ -62,7 +63,8 @@ def runner_pids(job_id: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def wait_running(stack: Stack, job_id: str, min_epoch: int = 0, timeout: float = 60) -> dict[str, Any]:
+def wait_running(stack: Stack, job_id: str, min_epoch: int = 0,
+                 timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         job = stack.job(job_id)
@@ -112,6 +114,7 @@ def test_cancel_a_running_job_stops_it_and_keeps_its_checkpoint_then_retry_resum
     assert fresh_stack.client.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
 
 
+@ONE_BACKEND("sqlite")
 def test_max_runtime_fails_the_job_with_timeout(fresh_stack: Stack) -> None:
     fresh_stack.start_worker("w1", env={"TRAINERY_FAULT_INJECTION": "slow@0:0.2/slow"})
     job = fresh_stack.submit(slow_spec("slow", epochs=50, max_runtime_s=3))
@@ -122,6 +125,7 @@ def test_max_runtime_fails_the_job_with_timeout(fresh_stack: Stack) -> None:
     assert fresh_stack.wait(fresh_stack.submit(tiny_spec())["id"])["status"] == "succeeded"
 
 
+@ONE_BACKEND("postgres")
 def test_runner_segfault_fails_the_attempt_and_the_worker_stays_up(fresh_stack: Stack) -> None:
     fresh_stack.start_worker("w1", env={"TRAINERY_FAULT_INJECTION": "segfault@1/crashme"})
     job = fresh_stack.submit(tiny_spec(epochs=3, name="crashme"))
@@ -129,10 +133,12 @@ def test_runner_segfault_fails_the_attempt_and_the_worker_stays_up(fresh_stack: 
     assert done["status"] == "failed"
     assert done["error"]["type"] == "runner_crashed" and "SIGSEGV" in done["error"]["message"]
     failed = [e for e in events(fresh_stack, job["id"]) if e["to_status"] == "failed"][0]
-    assert "Fatal Python error" in failed["data"]["stderr_tail"] or failed["data"]["returncode"] == -11
+    assert ("Fatal Python error" in failed["data"]["stderr_tail"]
+            or failed["data"]["returncode"] == -11)
     assert fresh_stack.wait(fresh_stack.submit(tiny_spec())["id"])["status"] == "succeeded"
 
 
+@ONE_BACKEND("sqlite")
 def test_runner_exception_is_internal_with_its_traceback(fresh_stack: Stack) -> None:
     fresh_stack.start_worker("w1", env={"TRAINERY_FAULT_INJECTION": "raise@1/boom"})
     done = fresh_stack.wait(fresh_stack.submit(tiny_spec(epochs=3, name="boom"))["id"])

@@ -31,7 +31,9 @@ def wait_for(predicate: Any, timeout: float = 60, what: str = "") -> Any:
         time.sleep(0.2)
 
 
-def test_fleet_starts_cpu_slots_restarts_a_dead_one_and_stops_on_sigterm(fresh_stack: Stack) -> None:
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQL-independent
+def test_fleet_starts_cpu_slots_restarts_a_dead_one_and_stops_on_sigterm(
+        fresh_stack: Stack) -> None:
     env = {**fresh_stack.env, "TRAINERY_CPU_SLOTS": "2"}
     log = (fresh_stack.data_dir / "fleet.log").open("ab")
     fleet = subprocess.Popen([sys.executable, "-m", "workers.fleet"], cwd=ROOT, env=env,
@@ -60,6 +62,7 @@ def test_fleet_starts_cpu_slots_restarts_a_dead_one_and_stops_on_sigterm(fresh_s
     wait_for(lambda: workers(fresh_stack) == {}, 30, "workers marked stopped")
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQL-independent
 def test_a_worker_that_fails_its_device_check_takes_no_job(fresh_stack: Stack) -> None:
     # Pinned to a GPU this machine does not have: the check fails, the worker stays out.
     fresh_stack.start_worker("g0", queues=("gpu",), env={"CUDA_VISIBLE_DEVICES": "0"})
@@ -90,7 +93,8 @@ def test_pending_reason_counts_jobs_ahead_and_busy_workers(fresh_stack: Stack) -
     for job in (first, second, third):
         assert fresh_stack.wait(job["id"], timeout=120)["status"] == "succeeded"
     nowhere = fresh_stack.submit(tiny_spec(resources={"queue": "gpu.a100"}))
-    assert fresh_stack.job(nowhere["id"])["pending_reason"] == "no live worker serves queue gpu.a100"
+    assert (fresh_stack.job(nowhere["id"])["pending_reason"]
+            == "no live worker serves queue gpu.a100")
 
 
 def test_more_gpus_than_a_worker_has_is_422(fresh_stack: Stack) -> None:
