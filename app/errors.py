@@ -92,9 +92,9 @@ def _strip_union_tags(loc: Sequence[Any]) -> list[str | int]:
     # A discriminated union adds the tag value to the path: layers.0.conv2d.filters.
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        if i > 0 and isinstance(loc[i - 1], int) and isinstance(part, str) and i + 1 < len(loc):
-            if part in _LAYER_TAGS:
-                continue
+        if (i > 0 and isinstance(loc[i - 1], int) and isinstance(part, str) and i + 1 < len(loc)
+                and part in _LAYER_TAGS):
+            continue
         out.append(part)
     return out
 
@@ -105,7 +105,8 @@ _LAYER_TAGS = {
 }
 
 
-def validation_problems(errors: Iterable[Any], strip_prefix: str | None = None) -> list[dict[str, Any]]:
+def validation_problems(errors: Iterable[Any],
+                        strip_prefix: str | None = None) -> list[dict[str, Any]]:
     """Pydantic errors -> our detail list, with field paths and readable messages."""
     problems = []
     for err in errors:

@@ -50,7 +50,8 @@ def factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A running API and one worker, shared by a session's integration tests per backend."""
     tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
     url = _database(request.param, tmp)
@@ -89,7 +90,8 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def fresh_stack(database_url: str, tmp_path: Path,
                 redis_server: RedisServer) -> Iterator[Stack]:
-    """An API (no worker yet) on a fresh database and a private Redis, for tests that break things."""
+    """An API (no worker yet) on a fresh database and a private Redis, for tests that
+    break things."""
     s = Stack(database_url, tmp_path, broker_url=redis_server.url, extra_env=FAST_RECOVERY)
     s.redis = redis_server  # type: ignore[attr-defined]
     try:

@@ -1,4 +1,5 @@
-"""Real parts for tests: a migrated database, a uvicorn server and Celery workers as subprocesses."""
+"""Real parts for tests: a migrated database, a uvicorn server and Celery workers
+as subprocesses."""
 
 from __future__ import annotations
 
@@ -157,7 +158,8 @@ class Stack:
         while job["status"] not in wanted:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s; "
-                                     f"events: {self.client.get(f'/v1/jobs/{job_id}/events').text[-2000:]}")
+                                     f"events: "
+                                     f"{self.client.get(f'/v1/jobs/{job_id}/events').text[-2000:]}")
             time.sleep(0.25)
             job = self.job(job_id)
         return job

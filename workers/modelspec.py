@@ -116,10 +116,10 @@ def _out_shape(i: int, layer: Layer, shape: Shape) -> Shape:
             raise UserError(f"{where} needs a vector input but gets an image "
                             f"{_describe(shape)}; add a flatten or global_avgpool layer before it")
         return (layer.units,)
-    if isinstance(layer, (Conv2DLayer, PoolLayer, ResidualLayer, GlobalAvgPoolLayer)):
-        if not image:
-            raise UserError(f"{where} needs image input [H, W, C] but gets {_describe(shape)}; "
-                            "this dataset holds vectors, so use dense layers")
+    if (isinstance(layer, (Conv2DLayer, PoolLayer, ResidualLayer, GlobalAvgPoolLayer))
+            and not image):
+        raise UserError(f"{where} needs image input [H, W, C] but gets {_describe(shape)}; "
+                        "this dataset holds vectors, so use dense layers")
     if isinstance(layer, GlobalAvgPoolLayer):
         return (shape[2],)
     if isinstance(layer, ResidualLayer):

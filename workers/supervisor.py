@@ -134,7 +134,8 @@ class Supervisor:
 
     def _watch(self, proc: subprocess.Popen[bytes], job_id: str, attempt: int,
                deadline: float) -> tuple[bool, str | None]:
-        """Heartbeat until the runner exits; (False, _) if the job was taken from us or timed out."""
+        """Heartbeat until the runner exits; (False, _) if the job was taken from us or timed
+        out."""
         stopped_for: str | None = None
         stop_deadline = float("inf")
         while True:
@@ -146,7 +147,8 @@ class Supervisor:
             with transaction(self.factory) as session:
                 status = lifecycle.heartbeat(session, job_id, attempt)
             if status is None:
-                log.warning("job %s attempt %d was superseded; stopping its runner", job_id, attempt)
+                log.warning("job %s attempt %d was superseded; stopping its runner",
+                            job_id, attempt)
                 self._kill(proc)
                 return False, None
             if time.monotonic() > deadline:

@@ -53,7 +53,8 @@ def device_check() -> dict[str, Any]:
 
 
 def start_worker_duties(hostname: str | None, queues: Sequence[str]) -> bool:
-    """Check the device, register in SQL, start the maintenance thread; False if the check failed."""
+    """Check the device, register in SQL, start the maintenance thread; False if the check
+    failed."""
     global _maintenance
     supervisor = init_supervisor(hostname)
     verdict = device_check()

@@ -53,7 +53,8 @@ class Conv2DLayer(StrictModel):
 class PoolLayer(StrictModel):
     type: Literal["maxpool2d", "avgpool2d"]
     pool_size: PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = 2
-    strides: PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = None
+    strides: (PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+              | None) = None
     padding: Padding = "valid"
 
     @property
@@ -156,7 +157,8 @@ class DatasetSpec(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
         if (self.builtin is None) == (self.id is None):
-            raise ValueError("give exactly one of 'builtin' (a dataset name) or 'id' (an uploaded dataset)")
+            raise ValueError("give exactly one of 'builtin' (a dataset name) "
+                             "or 'id' (an uploaded dataset)")
         synthetic_fields = {f for f in ("n_samples", "sample_shape", "num_classes")
                             if getattr(self, f) is not None}
         if self.builtin == SYNTHETIC:

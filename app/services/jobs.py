@@ -55,7 +55,8 @@ def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> No
     if spec.resources.gpus > max_gpus_per_job:
         problems.append(problem(("resources", "gpus"),
                                 f"no worker could ever run this job: each worker holds "
-                                f"{max_gpus_per_job} GPU, and the job asks for {spec.resources.gpus}",
+                                f"{max_gpus_per_job} GPU, and the job asks for "
+                                f"{spec.resources.gpus}",
                                 "unschedulable"))
     if spec.model.layers is not None:
         over(("model", "layers"), len(spec.model.layers), limits.max_layers, "the layer count")

@@ -227,7 +227,8 @@ def stale_jobs(session: Session, before: datetime) -> list[tuple[str, int, int]]
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def waiting_jobs(session: Session, queues: Iterable[str], before: datetime) -> list[tuple[str, str]]:
+def waiting_jobs(session: Session, queues: Iterable[str],
+                 before: datetime) -> list[tuple[str, str]]:
     """(id, queue) of queued jobs whose last wake-up was sent before `before` (or never)."""
     rows = session.execute(
         select(Job.id, Job.queue).where(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0001'
 down_revision = None
 branch_labels = None
@@ -74,14 +73,16 @@ def upgrade() -> None:
     sa.Column('media_type', sa.String(length=100), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['blob_id'], ['blobs.id'], name=op.f('fk_artifacts_blob_id_blobs')),
-    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_artifacts_job_id_jobs'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_artifacts_job_id_jobs'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id', 'format', name=op.f('pk_artifacts'))
     )
     op.create_table('blob_chunks',
     sa.Column('blob_id', sa.String(length=40), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('data', sa.LargeBinary(), nullable=False),
-    sa.ForeignKeyConstraint(['blob_id'], ['blobs.id'], name=op.f('fk_blob_chunks_blob_id_blobs'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['blob_id'], ['blobs.id'], name=op.f('fk_blob_chunks_blob_id_blobs'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('blob_id', 'seq', name=op.f('pk_blob_chunks'))
     )
     op.create_table('checkpoints',
@@ -94,7 +95,8 @@ def upgrade() -> None:
     sa.Column('metrics', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['blob_id'], ['blobs.id'], name=op.f('fk_checkpoints_blob_id_blobs')),
-    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_checkpoints_job_id_jobs'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_checkpoints_job_id_jobs'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_checkpoints'))
     )
     with op.batch_alter_table('checkpoints', schema=None) as batch_op:
@@ -110,7 +112,8 @@ def upgrade() -> None:
     sa.Column('to_status', sa.String(length=20), nullable=True),
     sa.Column('message', sa.Text(), nullable=False),
     sa.Column('data', sa.JSON(), nullable=True),
-    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_job_events_job_id_jobs'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_job_events_job_id_jobs'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_job_events'))
     )
     with op.batch_alter_table('job_events', schema=None) as batch_op:
@@ -122,7 +125,8 @@ def upgrade() -> None:
     sa.Column('values', sa.JSON(), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_job_metrics_job_id_jobs'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_job_metrics_job_id_jobs'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id', 'epoch', name=op.f('pk_job_metrics'))
     )
     # ### end Alembic commands ###

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 def job_count(stack: Stack) -> int:
     total, cursor = 0, None
     while True:
-        page = stack.client.get("/v1/jobs", params={"limit": 200, **({"cursor": cursor} if cursor else {})}).json()
+        page = stack.client.get(
+            "/v1/jobs", params={"limit": 200, **({"cursor": cursor} if cursor else {})}).json()
         total += len(page["data"])
         cursor = page["next_cursor"]
         if cursor is None:
@@ -50,7 +51,8 @@ def test_bad_specs_are_422_with_the_path_and_store_nothing(stack: Stack, body: d
 
 
 def test_not_json_is_422(stack: Stack) -> None:
-    r = stack.client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    r = stack.client.post("/v1/jobs", content=b"{not json",
+                          headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "validation_error"
 
 

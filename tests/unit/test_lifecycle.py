@@ -116,7 +116,8 @@ def test_stale_jobs_and_waiting_jobs(factory: sessionmaker[Session]) -> None:
     now = utcnow()
     with factory() as session:
         assert lifecycle.stale_jobs(session, now - timedelta(seconds=60)) == []
-        assert [j for j, _, _ in lifecycle.stale_jobs(session, now + timedelta(seconds=1))] == [job_id]
+        assert [j for j, _, _ in
+                lifecycle.stale_jobs(session, now + timedelta(seconds=1))] == [job_id]
         assert lifecycle.waiting_jobs(session, ["default"], now) == [(waiting, "default")]
     with transaction(factory) as session:
         lifecycle.mark_enqueued(session, waiting)

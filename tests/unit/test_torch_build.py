@@ -13,8 +13,8 @@ from workers.callbacks import BestTracker, Callback, CallbackList, Logs, Trainer
 from workers.datasets import Dataset, input_stats, synthetic
 from workers.errors import UserError
 from workers.modelspec import resolve, same_padding
-from workers.runners.pytorch.build import build_model
 from workers.runners.common import StopRequested
+from workers.runners.pytorch.build import build_model
 from workers.runners.pytorch.trainer import TorchTrainer
 
 LAYERS: list[dict[str, Any]] = [

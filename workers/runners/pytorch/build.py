@@ -31,7 +31,8 @@ def activation(name: str) -> nn.Module:
     }[name]()
 
 
-def _pads(shape: tuple[int, ...], kernel: list[int], stride: list[int]) -> tuple[int, int, int, int]:
+def _pads(shape: tuple[int, ...], kernel: list[int],
+          stride: list[int]) -> tuple[int, int, int, int]:
     top, bottom = same_padding(shape[0], kernel[0], stride[0])
     left, right = same_padding(shape[1], kernel[1], stride[1])
     return left, right, top, bottom
@@ -157,7 +158,8 @@ class TrainedModel(nn.Module):
         self.register_buffer("in_mean", torch.from_numpy(mean))
         self.register_buffer("in_std", torch.from_numpy(std))
         self.body, self.head = body, head
-        ones, zeros = np.ones(head.out_features, np.float32), np.zeros(head.out_features, np.float32)
+        ones = np.ones(head.out_features, np.float32)
+        zeros = np.zeros(head.out_features, np.float32)
         self.register_buffer("out_scale", torch.from_numpy(y_std if y_std is not None else ones))
         self.register_buffer("out_shift", torch.from_numpy(y_mean if y_mean is not None else zeros))
 
