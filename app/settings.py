@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # machine without GPUs (a laptop, CI), with an event saying so.
     gpus: str | None = None
     cpu_slots: int = Field(1, ge=1, le=64)
+    # CPU threads a runner's framework computes with (torch intra-op, OpenMP, TF
+    # intra-op). Unset, `trainery worker` gives each of its workers an equal share
+    # of the machine's cores, so that slots side by side do not oversubscribe them.
+    runner_threads: int | None = Field(None, ge=1, le=1024)
     worker_queues: str = ""
     cpu_takes_gpu_jobs: bool = True
     max_gpus_per_job: int = Field(1, ge=0)

@@ -76,6 +76,9 @@ class Stack:
             "TRAINERY_QUEUE_PREFIX": self.prefix,
             "TRAINERY_DATA_DIR": str(data_dir),
             "TRAINERY_HEARTBEAT_INTERVAL_S": "0.5",
+            # Several workers train side by side on a small machine: one thread each,
+            # as `trainery worker` would share the cores among its slots.
+            "TRAINERY_RUNNER_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }

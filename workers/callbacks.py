@@ -166,22 +166,48 @@ class EarlyStopping(Callback):
 class EpochRecorder(Callback):
     """Each epoch's metrics and progress, and every N epochs (and at the last) a full
     checkpoint, stored together: a job whose progress says epoch N resumes from epoch N
-    when a checkpoint was due there. Keeps the newest K checkpoints."""
+    when a checkpoint was due there. Keeps the newest K checkpoints.
+
+    The reporter writes behind the loop, so an epoch's commit overlaps the next epoch.
+    It must land early in it: once `WRITE_LAG_SHARE` of an epoch's time (at least
+    `MIN_WRITE_LAG_S`) has passed, the loop waits for it at the next batch. A killed
+    worker then redoes at most one epoch plus that share, however busy the machine
+    (a small model's Python-bound loop holds the GIL and would otherwise starve the
+    writer thread for most of an epoch).
+    """
 
     name = "recorder"
+    WRITE_LAG_SHARE = 0.05
+    MIN_WRITE_LAG_S = 0.05
 
     def __init__(self, reporter: JobReporter, tracker: BestTracker, every_epochs: int,
                  keep_last: int) -> None:
         self.reporter, self.tracker = reporter, tracker
         self.every, self.keep_last = every_epochs, keep_last
-        self.seconds = 0.0  # time spent on the training thread: serialising and queueing
+        self.seconds = 0.0  # time the training thread spends: serialising, queueing, waiting
+        self.lag_s: float | None = None  # how long the last epoch's writes may take
+        self.deadline = 0.0
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        if self.lag_s is not None:
+            self.deadline = time.perf_counter() + self.lag_s
+
+    def on_batch_end(self, trainer: Trainer, batch: int) -> None:
+        if self.deadline and time.perf_counter() > self.deadline:
+            self.deadline = 0.0
+            start = time.perf_counter()
+            self.reporter.flush()
+            self.seconds += time.perf_counter() - start
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         start = time.perf_counter()
+        self.deadline = 0.0
         last = epoch == trainer.epochs or trainer.stop_training
         checkpoint = None if epoch % self.every and not last else trainer.checkpoint_bytes(epoch)
         self.reporter.record_epoch(epoch, trainer.epochs, logs, self.tracker.best,
                                    checkpoint=checkpoint, keep_last=self.keep_last)
+        self.lag_s = max(self.MIN_WRITE_LAG_S,
+                         self.WRITE_LAG_SHARE * logs.get("epoch_time_s", 0.0))
         self.seconds += time.perf_counter() - start
 
     def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:

@@ -73,18 +73,24 @@ def pool_name(gpu_name: str) -> str:
     return "gpu"
 
 
-def plan(settings: Settings, gpus: list[Gpu], hostname: str) -> list[Slot]:
-    """The worker processes for this machine: names, pinning and queues."""
+def plan(settings: Settings, gpus: list[Gpu], hostname: str,
+         cpu_count: int | None = None) -> list[Slot]:
+    """The worker processes for this machine: names, pinning, queues and CPU threads."""
     extra = [q.strip() for q in settings.worker_queues.split(",") if q.strip()]
+    count = len(gpus) or settings.cpu_slots
+    # Each worker's runner gets an equal share of the cores, unless set explicitly.
+    threads = settings.runner_threads or max(1, (cpu_count or os.cpu_count() or 1) // count)
+    share = {"TRAINERY_RUNNER_THREADS": str(threads)}
     slots = []
     for gpu in gpus:
         queues = ["gpu", pool_name(gpu.name), "default", *extra]
-        slots.append(Slot(f"gpu{gpu.index}@{hostname}", {"CUDA_VISIBLE_DEVICES": gpu.index},
+        slots.append(Slot(f"gpu{gpu.index}@{hostname}",
+                          {"CUDA_VISIBLE_DEVICES": gpu.index, **share},
                           list(dict.fromkeys(queues))))
     if not gpus:
         takes_gpu = ["gpu"] if settings.cpu_takes_gpu_jobs else []
         for i in range(settings.cpu_slots):
-            slots.append(Slot(f"cpu{i}@{hostname}", {"CUDA_VISIBLE_DEVICES": ""},
+            slots.append(Slot(f"cpu{i}@{hostname}", {"CUDA_VISIBLE_DEVICES": "", **share},
                               list(dict.fromkeys(["default", *takes_gpu, *extra]))))
     return slots
 

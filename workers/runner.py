@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -32,12 +33,23 @@ def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
     run(spec, reporter, stop)
 
 
+def limit_threads(threads: int | None) -> None:
+    """Cap the framework's CPU threads; must run before it is imported (both read these
+    at start-up: OpenMP and MKL for torch, TF_NUM_*_THREADS for TensorFlow)."""
+    if threads is None:
+        return
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(min(2, threads))
+
+
 def main(argv: list[str]) -> int:
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(message)s")
     stop = StopFlag()
     stop.install()
     settings = get_settings()
+    limit_threads(settings.runner_threads)
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)
     reporter = JobReporter(factory, BlobStore(factory, settings.blob_chunk_bytes), job_id, attempt,

@@ -44,6 +44,9 @@ def test_design_spec_trains_and_downloads_a_torchscript_model(stack: Stack, tmp_
     events = stack.client.get(f"/v1/jobs/{job['id']}/events").json()
     states = [e["to_status"] for e in events if e["kind"] == "state"]
     assert states == ["queued", "running", "succeeded"]
+    # The harness's workers are given one CPU thread each (TRAINERY_RUNNER_THREADS).
+    training = [e for e in events if e["message"].startswith("training on cpu")]
+    assert training and training[0]["data"]["cpu_threads"] == 1
 
     ckpts = stack.client.get(f"/v1/jobs/{job['id']}/checkpoints").json()
     assert len(ckpts) == 2 and ckpts[-1]["epoch"] == len(rows)

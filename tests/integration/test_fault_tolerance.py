@@ -258,19 +258,21 @@ def test_chaos_sigkill_workers_mid_epoch(fresh_stack: Stack) -> None:
         assert done["attempt"] == 1 + sum(k["job"] == job_id for k in kills)
         assert not runner_pids(job_id)
 
-    lost, recovery = [], []
+    lost, lost_epochs, recovery = [], [], []
     for k in kills:
         evs = events(fresh_stack, k["job"])
-        # Training redone = time since this attempt's last saved epoch (or since
-        # it started training, if it saved none).
-        progress = [ts(e) for e in evs if e["attempt"] == k["attempt"] and ts(e) <= k["at"]
-                    and (e["kind"] == "metrics" or e["message"].startswith("training on"))]
-        lost.append(k["at"] - max(progress))
+        # Training redone = time since this attempt's last saved epoch (each epoch's
+        # metrics and checkpoint commit together), also in units of that epoch's length.
+        saved = [e for e in evs if e["attempt"] == k["attempt"] and ts(e) <= k["at"]
+                 and e["kind"] == "metrics"]
+        lost.append(k["at"] - ts(saved[-1]))
+        lost_epochs.append(lost[-1] / saved[-1]["data"]["epoch_time_s"])
         rerun = [e for e in evs if e["kind"] == "state" and e["to_status"] == "running"
                  and e["attempt"] == k["attempt"] + 1][0]
         recovery.append(ts(rerun) - k["at"])
     print(f"\nCHAOS kills={len(kills)} jobs={len(jobs)} lost_jobs=0 "
           f"work_lost_s median={statistics.median(lost):.2f} max={max(lost):.2f} "
+          f"(in epochs: median={statistics.median(lost_epochs):.2f} max={max(lost_epochs):.2f}) "
           f"death_to_running_s median={statistics.median(recovery):.2f} max={max(recovery):.2f}")
 
 

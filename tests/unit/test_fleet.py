@@ -58,6 +58,17 @@ def test_cpu_slots_without_gpus() -> None:
     assert strict[0].queues == ["default"]
 
 
+def test_each_worker_gets_an_equal_share_of_the_cores_unless_set() -> None:
+    cpu = plan(Settings(cpu_slots=2), [], "box", cpu_count=16)
+    assert [s.env["TRAINERY_RUNNER_THREADS"] for s in cpu] == ["8", "8"]
+    gpus = plan(Settings(), [Gpu(str(i), "x") for i in range(3)], "box", cpu_count=16)
+    assert [s.env["TRAINERY_RUNNER_THREADS"] for s in gpus] == ["5", "5", "5"]
+    assert plan(Settings(cpu_slots=4), [], "box", cpu_count=2)[0].env[
+        "TRAINERY_RUNNER_THREADS"] == "1"  # never none
+    explicit = plan(Settings(cpu_slots=2, runner_threads=3), [], "box", cpu_count=16)
+    assert [s.env["TRAINERY_RUNNER_THREADS"] for s in explicit] == ["3", "3"]
+
+
 def test_pool_names() -> None:
     assert pool_name("NVIDIA H100 80GB HBM3") == "gpu.h100"
     assert pool_name("NVIDIA GeForce RTX 4090") == "gpu.rtx4090"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -133,3 +135,43 @@ def test_an_epoch_and_its_checkpoint_commit_together(factory: sessionmaker[Sessi
         assert session.query(EpochMetrics).count() == 2
         assert (session.query(Blob).count() == 1
                 and session.query(BlobChunk).count() == -(-size // 1024))
+
+
+class _Flushes:
+    """A reporter that only counts what EpochRecorder asks of it."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+        self.epochs: list[int] = []
+
+    def record_epoch(self, epoch: int, *_: object, **__: object) -> None:
+        self.epochs.append(epoch)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class _Trainer:
+    epochs, stop_training = 3, False
+
+    def checkpoint_bytes(self, epoch: int) -> bytes:
+        return b"x"
+
+
+def test_an_epochs_writes_must_land_early_in_the_next_epoch() -> None:
+    from workers.callbacks import BestTracker, EpochRecorder
+
+    reporter = _Flushes()
+    recorder = EpochRecorder(reporter, BestTracker("loss", "min"), 1, 2)  # type: ignore[arg-type]
+    trainer = _Trainer()
+    recorder.on_epoch_begin(trainer, 1)  # type: ignore[arg-type]
+    recorder.on_batch_end(trainer, 0)  # type: ignore[arg-type]
+    recorder.on_epoch_end(trainer, 1, {"loss": 1.0, "epoch_time_s": 0.4})  # type: ignore[arg-type]
+    assert reporter.epochs == [1] and reporter.flushes == 0  # nothing was pending before
+    recorder.on_epoch_begin(trainer, 2)  # type: ignore[arg-type]
+    recorder.on_batch_end(trainer, 0)  # type: ignore[arg-type]
+    assert reporter.flushes == 0  # still inside the allowed lag: the write overlaps training
+    time.sleep(recorder.MIN_WRITE_LAG_S + 0.02)  # 5% of 0.4 s is below the 50 ms floor
+    recorder.on_batch_end(trainer, 1)  # type: ignore[arg-type]
+    recorder.on_batch_end(trainer, 2)  # type: ignore[arg-type]
+    assert reporter.flushes == 1  # waited once, at the first batch past the lag

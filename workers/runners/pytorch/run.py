@@ -42,7 +42,8 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
         reporter.event(trainer.precision_note)
     resume_from_latest(trainer, reporter)
     reporter.event(f"training on {device} with torch {torch.__version__}: "
-                   f"{len(data.x_train)} training and {len(data.x_val)} validation samples")
+                   f"{len(data.x_train)} training and {len(data.x_val)} validation samples",
+                   {"device": str(device), "cpu_threads": torch.get_num_threads()})
     trainer.fit()
 
     example = torch.from_numpy(data.x_train[:2])
