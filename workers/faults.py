@@ -1,11 +1,11 @@
 """Test-only fault injection for runners (TRAINERY_FAULT_INJECTION), so chaos tests hit
 real code paths.
 
-Comma-separated rules, each `kind@epoch[:arg][/job-name]`, firing when that epoch
-ends (epoch 0 fires at the first batch of every run), for every job or only the named
-one: `segfault@2` crashes the runner with SIGSEGV,
-`kill_worker@1` SIGKILLs the worker process that supervises it, `raise@1` raises
-an exception, `slow@0:0.2` sleeps 0.2 s after every batch from that epoch on.
+Comma-separated rules, each `kind@epoch[:arg][/job-name]`, firing when that epoch ends
+(epoch 0 fires at the first batch of every run), for every job or only the named one:
+`segfault@2` crashes the runner with SIGSEGV, `kill_worker@1` SIGKILLs the worker
+process that supervises it, `raise@1` raises an exception, `slow@0:0.2` sleeps 0.2 s
+after every batch from that epoch on.
 """
 
 from __future__ import annotations
