@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -158,20 +156,30 @@ class _Trainer:
         return b"x"
 
 
-def test_an_epochs_writes_must_land_early_in_the_next_epoch() -> None:
+def test_an_epochs_writes_must_land_early_in_the_next_epoch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.callbacks
     from workers.callbacks import BestTracker, EpochRecorder
 
+    now = [100.0]
+    monkeypatch.setattr(workers.callbacks.time, "perf_counter", lambda: now[0])
     reporter = _Flushes()
     recorder = EpochRecorder(reporter, BestTracker("loss", "min"), 1, 2)  # type: ignore[arg-type]
     trainer = _Trainer()
     recorder.on_epoch_begin(trainer, 1)  # type: ignore[arg-type]
     recorder.on_batch_end(trainer, 0)  # type: ignore[arg-type]
-    recorder.on_epoch_end(trainer, 1, {"loss": 1.0, "epoch_time_s": 0.4})  # type: ignore[arg-type]
+    recorder.on_epoch_end(trainer, 1, {"loss": 1.0, "epoch_time_s": 4.0})  # type: ignore[arg-type]
     assert reporter.epochs == [1] and reporter.flushes == 0  # nothing was pending before
     recorder.on_epoch_begin(trainer, 2)  # type: ignore[arg-type]
+    now[0] += 0.19  # 5% of a 4 s epoch is 0.2 s: the write may still overlap training
     recorder.on_batch_end(trainer, 0)  # type: ignore[arg-type]
-    assert reporter.flushes == 0  # still inside the allowed lag: the write overlaps training
-    time.sleep(recorder.MIN_WRITE_LAG_S + 0.02)  # 5% of 0.4 s is below the 50 ms floor
+    assert reporter.flushes == 0
+    now[0] += 0.02
     recorder.on_batch_end(trainer, 1)  # type: ignore[arg-type]
     recorder.on_batch_end(trainer, 2)  # type: ignore[arg-type]
     assert reporter.flushes == 1  # waited once, at the first batch past the lag
+    recorder.on_epoch_end(trainer, 2, {"loss": 0.5, "epoch_time_s": 0.1})  # type: ignore[arg-type]
+    recorder.on_epoch_begin(trainer, 3)  # type: ignore[arg-type]
+    now[0] += recorder.MIN_WRITE_LAG_S - 0.001  # a short epoch still gets the 50 ms floor
+    recorder.on_batch_end(trainer, 0)  # type: ignore[arg-type]
+    assert reporter.flushes == 1
