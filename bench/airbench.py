@@ -16,7 +16,6 @@ taking turns (see bench.loop_overhead). The target is (a) within 10% of (b).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import sys
 import time
@@ -113,11 +112,6 @@ def tuned_epochs(spec: JobSpec, data: Dataset, device: torch.device) -> Iterator
     x, x_val = images(data.x_train), images(data.x_val)
     y, y_val = torch.from_numpy(data.y_train).to(device), torch.from_numpy(data.y_val).to(device)
 
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
-
     n, bs = len(x), t.batch_size
     for _ in range(t.epochs):
         start = time.perf_counter()
@@ -126,7 +120,7 @@ def tuned_epochs(spec: JobSpec, data: Dataset, device: torch.device) -> Iterator
         total = torch.zeros((), dtype=torch.float32, device=device)
         for i in range(0, n, bs):
             idx = order[i:i + bs]
-            with autocast():
+            with torch_loops.autocast(device, amp_dtype):
                 loss = loss_fn(forward(x[idx]).float(), y[idx])
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -135,7 +129,7 @@ def tuned_epochs(spec: JobSpec, data: Dataset, device: torch.device) -> Iterator
             total += loss.detach() * len(idx)
         model.eval()
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), torch_loops.autocast(device, amp_dtype):
             for i in range(0, len(x_val), 1024):
                 correct += (forward(x_val[i:i + 1024]).argmax(1) == y_val[i:i + 1024]).sum()
         loss = total.item() / n  # the epoch's host syncs

@@ -55,6 +55,14 @@ def interleaved(spec: JobSpec, data: Dataset, model: nn.Module, device: torch.de
             LoopResult.of(names[1], n, turns.epochs))
 
 
+def autocast(device: torch.device,
+             amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to amp_dtype on device, or nothing in full precision (the reference loops')."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
 def minimal_epochs(spec: JobSpec, data: Dataset, model: nn.Module,
                    device: torch.device) -> Iterator[EpochRecord]:
     """A hand-written loop doing the same work: model, Adam, batch order, epoch loss/accuracy.
@@ -78,11 +86,6 @@ def minimal_epochs(spec: JobSpec, data: Dataset, model: nn.Module,
     x, y, x_val, y_val = (torch.from_numpy(a).to(device)
                           for a in (data.x_train, data.y_train, data.x_val, data.y_val))
 
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
-
     n, bs = len(x), t.batch_size
     for epoch in range(t.epochs):
         start = time.perf_counter()
@@ -93,7 +96,7 @@ def minimal_epochs(spec: JobSpec, data: Dataset, model: nn.Module,
         for i in range(0, n, bs):
             idx = order[i:i + bs]
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-            with autocast():
+            with autocast(device, amp_dtype):
                 out = forward(xb)
                 loss = loss_fn(out.float(), yb)
             scaler.scale(loss).backward()
@@ -108,7 +111,7 @@ def minimal_epochs(spec: JobSpec, data: Dataset, model: nn.Module,
         with torch.no_grad():
             for i in range(0, len(x_val), vbs):
                 xb, yb = x_val[i:i + vbs], y_val[i:i + vbs]
-                with autocast():
+                with autocast(device, amp_dtype):
                     out = forward(xb)
                 val += torch.stack([loss_fn(out.float(), yb).double() * len(xb),
                                     (out.argmax(dim=1) == yb).sum().double()])
