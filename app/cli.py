@@ -593,7 +593,7 @@ def keys_list(owner: Annotated[str | None, typer.Option()] = None,
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")]) -> None:
     """Revoke an API key: requests with it are refused from now on."""
-    from app.errors import NotFound
+    from app.core.errors import NotFound
     from app.services import keys
 
     try:

@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.errors import install_error_handlers
+from app.api.routers import datasets, health, jobs, workers
 from app.blobstore import BlobStore
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker
-from app.errors import install_error_handlers
-from app.routers import datasets, health, jobs, workers
 from app.settings import Settings, get_settings
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from bench import torch_loops
 from bench.timing import EpochRecord, compare, load_average, rounds
 from workers import datasets

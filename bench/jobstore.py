@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.blobstore import BlobStore
+from app.core.spec import JobSpec
 from app.db import make_engine, make_sessionmaker, transaction
-from app.schemas.spec import JobSpec
 from app.services import jobs, lifecycle
 from app.settings import get_settings
 from tests.harness import migrate

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from bench.jobstore import claimed_job
 from bench.timing import EpochClock, LoopResult
 from workers import datasets

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from bench.timing import LoopResult, Summary, compare, load_average, rounds
 from workers import datasets
 

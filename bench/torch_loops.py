@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from bench.jobstore import claimed_job
 from bench.timing import EpochClock, EpochRecord, HoldWrites, Interleave, LoopResult
 from workers import datasets

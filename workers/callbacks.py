@@ -10,7 +10,7 @@ import math
 import time
 from typing import Any, Protocol
 
-from app.schemas.spec import EarlyStoppingSpec, JobSpec
+from app.core.spec import EarlyStoppingSpec, JobSpec
 from app.settings import get_settings
 from workers.reporting import JobReporter
 

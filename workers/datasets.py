@@ -8,8 +8,8 @@ from typing import IO
 
 import numpy as np
 
-from app.catalog import BUILTIN_DATASETS, SYNTHETIC
-from app.schemas.spec import DatasetSpec
+from app.core.catalog import BUILTIN_DATASETS, SYNTHETIC
+from app.core.spec import DatasetSpec
 from app.services.dataset_formats import read_normalised
 from workers.errors import UserError
 

@@ -13,8 +13,9 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.states import JobStatus
 from app.db import transaction
-from app.models import Job, JobStatus, utcnow
+from app.models import Job, utcnow
 from app.services import lifecycle
 from app.services import workers as worker_service
 from app.settings import Settings

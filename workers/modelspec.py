@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from app.schemas.spec import (
+from app.core.spec import (
     ActivationLayer,
     BatchNormLayer,
     Conv2DLayer,
@@ -20,7 +20,7 @@ from app.schemas.spec import (
 )
 from workers.errors import UserError
 
-Layer = Any  # one of the layer spec models in app.schemas.spec
+Layer = Any  # one of the layer spec models in app.core.spec
 Shape = tuple[int, ...]
 
 

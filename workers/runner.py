@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from app.blobstore import BlobStore
+from app.core.spec import JobSpec
 from app.db import make_engine, make_sessionmaker
-from app.schemas.spec import JobSpec
 from app.settings import get_settings
 from workers.errors import Superseded, UserError
 from workers.reporting import JobReporter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from app.schemas.spec import ScheduleSpec
+from app.core.spec import ScheduleSpec
 
 
 def lr_at(schedule: ScheduleSpec, base_lr: float, epoch: int, epochs: int) -> float:

@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.states import JobStatus
 from app.db import transaction
-from app.models import Job, JobStatus
+from app.models import Job
 from app.services import lifecycle
 from app.settings import Settings
 from workers import runner as runner_module

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from app.errors import InvalidInput, PayloadTooLarge, problem
+from app.core.errors import InvalidInput, PayloadTooLarge, problem
 
 FORMATS = ("npz", "csv", "zip")
 TASKS = ("classification", "regression")

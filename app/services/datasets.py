@@ -13,11 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.blobstore import BlobStore
+from app.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, problem
+from app.core.spec import JobSpec
+from app.core.states import TERMINAL_STATES
 from app.db import transaction
-from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, problem
-from app.models import TERMINAL_STATES, Dataset, Job
+from app.models import Dataset, Job
 from app.schemas.datasets import UploadedDatasetPublic
-from app.schemas.spec import JobSpec
 from app.services import dataset_formats as formats
 from app.settings import Settings
 

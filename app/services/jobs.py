@@ -13,8 +13,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.catalog import BUILTIN_DATASETS
-from app.errors import (
+from app.core.catalog import BUILTIN_DATASETS
+from app.core.errors import (
     ExportUnavailable,
     InvalidInput,
     InvalidTransition,
@@ -23,9 +23,10 @@ from app.errors import (
     NotFound,
     problem,
 )
-from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent, JobStatus
+from app.core.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
+from app.core.states import JobStatus
+from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent
 from app.schemas.jobs import JobError, JobPublic, Progress
-from app.schemas.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
 from app.services import datasets, lifecycle, workers
 from app.settings import Limits
 

@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import NotFound
+from app.core.errors import NotFound
 from app.models import ApiKey, utcnow
 
 TOKEN_PREFIX = "trn_"

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import EpochMetrics, Job, JobEvent, JobStatus, utcnow
+from app.core.states import JobStatus
+from app.models import EpochMetrics, Job, JobEvent, utcnow
 
 S = JobStatus
 

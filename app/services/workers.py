@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobStatus, WorkerRecord, utcnow
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
+from app.core.states import JobStatus
+from app.models import Job, WorkerRecord, utcnow
 from app.services import lifecycle
 
 GPU_QUEUE = "gpu"

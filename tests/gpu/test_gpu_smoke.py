@@ -39,7 +39,7 @@ MIN_ACCURACY = 0.9
 
 def train_and_check(stack: Stack, spec: dict[str, Any], device: str) -> None:
     """Train spec through the stack; check the events, the metrics and the downloaded model."""
-    from app.schemas.spec import DatasetSpec
+    from app.core.spec import DatasetSpec
     from workers import datasets
 
     job = stack.wait(stack.submit(spec)["id"], timeout=900)

@@ -446,7 +446,7 @@ def test_download_errors_are_typed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_are_valid_job_specs(path: Path) -> None:
-    from app.schemas.spec import JobSpec
+    from app.core.spec import JobSpec
 
     spec = JobSpec.model_validate(yaml.safe_load(path.read_text()))
     twin = path.name.removeprefix("keras-")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.errors import InvalidInput, PayloadTooLarge
+from app.core.errors import InvalidInput, PayloadTooLarge
 from app.services import dataset_formats as formats
 from tests.dataset_files import (
     SHAPES,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from app.catalog import BUILTIN_DATASETS
-from app.schemas.spec import DatasetSpec, ScheduleSpec
+from app.core.catalog import BUILTIN_DATASETS
+from app.core.spec import DatasetSpec, ScheduleSpec
 from workers import datasets
 from workers.schedules import lr_at
 

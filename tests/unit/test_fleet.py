@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from app.services.workers import route
 from app.settings import Settings
 from tests.specs import tiny_spec

@@ -17,7 +17,7 @@ pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 
-from app.schemas.spec import JobSpec, ModelSpec  # noqa: E402
+from app.core.spec import JobSpec, ModelSpec  # noqa: E402
 from workers import datasets  # noqa: E402
 from workers.callbacks import Callback, standard_callbacks  # noqa: E402
 from workers.modelspec import ResolvedLayer, resolve  # noqa: E402

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.errors import NotFound
 from app.db import transaction
-from app.errors import NotFound
 from app.models import ApiKey
 from app.services import keys
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.spec import JobSpec
 from app.db import transaction
 from app.models import EpochMetrics, Job, JobEvent, utcnow
-from app.schemas.spec import JobSpec
 from app.services import jobs as job_service
 from app.services import lifecycle
 from app.settings import Limits

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.errors import InvalidInput, validation_problems
-from app.schemas.spec import JobSpec
+from app.core.errors import InvalidInput, validation_problems
+from app.core.spec import JobSpec
 from app.services.jobs import check_limits
 from app.settings import Limits
 from tests.specs import design_spec

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.schemas.spec import JobSpec, ModelSpec
+from app.core.spec import JobSpec, ModelSpec
 from workers.callbacks import BestTracker, Callback, CallbackList, Logs, Trainer
 from workers.datasets import Dataset, input_stats, synthetic
 from workers.errors import UserError

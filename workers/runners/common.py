@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from workers.datasets import Dataset
 
 

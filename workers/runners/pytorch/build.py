@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.schemas.spec import (
+from app.core.spec import (
     ActivationLayer,
     BatchNormLayer,
     Conv2DLayer,

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from workers import dataset_cache, datasets
 from workers.callbacks import standard_callbacks
 from workers.modelspec import resolve

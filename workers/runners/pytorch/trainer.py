@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.schemas.spec import JobSpec, OptimizerSpec
+from app.core.spec import JobSpec, OptimizerSpec
 from workers.callbacks import Callback, Logs
 from workers.datasets import Dataset
 from workers.runners.common import StopFlag, StopRequested

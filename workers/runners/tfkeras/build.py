@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from app.schemas.spec import (
+from app.core.spec import (
     ActivationLayer,
     BatchNormLayer,
     Conv2DLayer,

@@ -8,7 +8,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from app.schemas.spec import JobSpec
+from app.core.spec import JobSpec
 from workers import dataset_cache, datasets
 from workers.callbacks import standard_callbacks
 from workers.modelspec import resolve

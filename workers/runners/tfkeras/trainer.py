@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.schemas.spec import JobSpec, OptimizerSpec
+from app.core.spec import JobSpec, OptimizerSpec
 from workers.callbacks import Callback, Logs
 from workers.datasets import Dataset
 from workers.runners.common import StopFlag, StopRequested

@@ -9,9 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
-from app.deps import BlobStoreDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
-from app.errors import Conflict, InvalidInput, PayloadTooLarge, problem
+from app.api.deps import BlobStoreDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
+from app.core.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
+from app.core.errors import Conflict, InvalidInput, PayloadTooLarge, problem
 from app.schemas.datasets import DatasetsPublic, UploadedDatasetPublic
 from app.schemas.jobs import DatasetPublic
 from app.services import datasets as dataset_service

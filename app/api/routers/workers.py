@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.deps import SessionDep, SettingsDep
+from app.api.deps import SessionDep, SettingsDep
 from app.services import workers as worker_service
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])

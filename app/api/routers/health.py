@@ -7,8 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.api.deps import CeleryDep, SessionFactoryDep
 from app.broker import broker_reachable
-from app.deps import CeleryDep, SessionFactoryDep
 
 router = APIRouter(tags=["health"])
 

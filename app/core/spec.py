@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
+from app.core.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
 
 Activation = Literal[
     "linear", "relu", "gelu", "tanh", "sigmoid", "elu", "selu", "silu", "leaky_relu", "softplus"

@@ -11,12 +11,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.deps import (
+    BlobStoreDep,
+    CeleryDep,
+    OwnerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
+from app.core.errors import ModelNotReady
+from app.core.spec import JobSpec
+from app.core.states import JobStatus
 from app.db import transaction
-from app.deps import BlobStoreDep, CeleryDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
-from app.errors import ModelNotReady
-from app.models import JobStatus
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
-from app.schemas.spec import JobSpec
 from app.services import dispatch
 from app.services import jobs as job_service
 from app.settings import Settings

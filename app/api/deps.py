@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.blobstore import BlobStore
-from app.errors import Unauthorized
+from app.core.errors import Unauthorized
 from app.services import keys
 from app.settings import Settings
 

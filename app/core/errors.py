@@ -1,17 +1,13 @@
-"""Domain errors and the one place that turns them into HTTP responses."""
+"""Plain domain errors a service raises, and the field-path helpers for 422 details.
+
+The API maps them to HTTP in app/api/errors.py; workers import them without FastAPI."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from app.schemas.spec import FIELD_MARK
+from app.core.spec import FIELD_MARK
 
 
 class DomainError(Exception):
@@ -125,29 +121,3 @@ def validation_problems(errors: Iterable[Any],
             message = "this field is required"
         problems.append(problem(loc, message, str(err.get("type", "value_error"))))
     return problems
-
-
-def _error_response(status: int, code: str, detail: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": code, "detail": detail})
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn every error into {"error", "detail"}."""
-
-    @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return _error_response(exc.status_code, exc.code, exc.detail)
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(422, "validation_error",
-                               validation_problems(exc.errors(), strip_prefix="body"))
-
-    @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
-        return _error_response(422, "validation_error", validation_problems(exc.errors()))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(exc.status_code, code, exc.detail)
