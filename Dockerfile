@@ -13,11 +13,15 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
-RUN mkdir -p /var/lib/trainery
+# Least privilege: the services run as an unprivileged user who can write only the
+# data directory (the code and the installed packages stay root-owned, read-only to it).
+RUN useradd --system --uid 10001 --no-create-home --home-dir /var/lib/trainery trainery \
+    && mkdir -p /var/lib/trainery && chown trainery:trainery /var/lib/trainery
 
 # The API: no torch, no tensorflow (the API process never imports them).
 FROM base AS api
 RUN pip install .
+USER trainery
 EXPOSE 8000
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
 
@@ -30,4 +34,5 @@ ARG TF_PACKAGE=tensorflow-cpu==2.21.0
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
     && pip install "${TF_PACKAGE}" \
     && pip install ".[torch,keras]"
+USER trainery
 CMD ["trainery", "worker"]

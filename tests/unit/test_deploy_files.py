@@ -81,3 +81,30 @@ def test_transport_options_only_for_redis() -> None:
     assert redis.conf.broker_transport_options["visibility_timeout"] == 3600
     embedded = make_celery(Settings(broker_url="sqla+sqlite:////tmp/b.db"))
     assert "visibility_timeout" not in (embedded.conf.broker_transport_options or {})
+
+
+def _stages() -> dict[str, list[str]]:
+    """The Dockerfile's instructions, per build stage."""
+    stages: dict[str, list[str]] = {}
+    current = ""
+    for line in (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"FROM \S+ AS (\w+)", line)
+        if match:
+            current = match.group(1)
+        stages.setdefault(current, []).append(line)
+    return stages
+
+
+def test_images_run_as_an_unprivileged_user_who_owns_only_the_data_dir() -> None:
+    stages = _stages()
+    assert any("useradd" in i and "--uid 10001" in i and "chown trainery:trainery /var/lib/trainery"
+               in i for i in stages["base"])
+    for target in ("api", "worker"):
+        users = [i.split()[1] for i in stages[target] if i.startswith("USER ")]
+        assert users and users[-1] == "trainery", target
+        # Nothing runs as root after the switch: installs happen before it.
+        after = stages[target][[i.startswith("USER ") for i in stages[target]].index(True):]
+        assert not any(i.startswith("RUN ") for i in after), target
