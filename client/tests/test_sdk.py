@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import json
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from app.client import (
+from trainery_client import (
     AsyncClient,
     ChecksumMismatch,
     Client,
@@ -38,8 +33,8 @@ from app.client import (
     ValidationFailed,
     WaitTimeout,
 )
-from app.client.errors import error_from_response
-from app.client.sse import EventFollower, SSEDecoder
+from trainery_client.errors import error_from_response
+from trainery_client.sse import EventFollower, SSEDecoder
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(attempts=3, backoff_s=0.0, jitter=False)
@@ -439,51 +434,3 @@ def test_download_errors_are_typed(tmp_path: Path) -> None:
 
     with pytest.raises(ModelNotReady), client(handler) as c:
         c.download_model("job_1", tmp_path)
-
-
-# -- the examples and the SDK's own footprint ---------------------------------
-
-
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
-def test_examples_are_valid_job_specs(path: Path) -> None:
-    from app.core.spec import JobSpec
-
-    spec = JobSpec.model_validate(yaml.safe_load(path.read_text()))
-    twin = path.name.removeprefix("keras-")
-    assert (ROOT / "examples" / twin).exists() and (ROOT / "examples" / f"keras-{twin}").exists()
-    assert spec.framework == ("keras" if path.name.startswith("keras-") else "pytorch")
-
-
-SDK_DEPENDENCIES = ["httpx", "httpcore", "h11", "anyio", "sniffio", "idna", "certifi",
-                    "pydantic", "pydantic_core", "typing_extensions", "typing_inspection",
-                    "annotated_types"]
-SERVER_MODULES = ["torch", "tensorflow", "keras", "celery", "sqlalchemy", "fastapi", "starlette",
-                  "alembic", "numpy", "typer", "rich", "yaml"]
-
-
-def test_the_sdk_imports_with_only_httpx_and_pydantic(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    for name in SDK_DEPENDENCIES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            continue  # optional for this httpx (sniffio is gone from recent ones)
-        origin = Path(spec.origin)
-        source = origin.parent if origin.name == "__init__.py" else origin
-        (site / source.name).symlink_to(source)
-    code = textwrap.dedent(f"""
-        import importlib.util, sys
-        sys.path[:0] = [{str(ROOT)!r}, {str(site)!r}]
-        import app.client
-        from app.client import AsyncClient, Client
-        loaded = [m for m in {SERVER_MODULES!r} if m in sys.modules]
-        assert not loaded, loaded
-        findable = [m for m in {SERVER_MODULES!r} if importlib.util.find_spec(m) is not None]
-        assert not findable, findable
-        Client("http://127.0.0.1:1").close()
-        print("ok")
-    """)
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
