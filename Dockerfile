@@ -10,14 +10,16 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TRAINERY_DATA_DIR=/var/lib/trainery
 WORKDIR /srv/trainery
 COPY pyproject.toml README.md alembic.ini ./
+COPY client ./client
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
 RUN mkdir -p /var/lib/trainery
 
-# The API: no torch, no tensorflow (the API process never imports them).
+# The API: no torch, no tensorflow (the API process never imports them). The server
+# depends on trainery-client (the `trainery` command), installed from ./client alongside.
 FROM base AS api
-RUN pip install .
+RUN pip install ./client .
 EXPOSE 8000
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
 
@@ -29,5 +31,5 @@ ARG TORCH_VERSION=2.13.0
 ARG TF_PACKAGE=tensorflow-cpu==2.21.0
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
     && pip install "${TF_PACKAGE}" \
-    && pip install ".[torch,keras]"
+    && pip install ./client ".[torch,keras]"
 CMD ["trainery", "worker"]

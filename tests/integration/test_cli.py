@@ -268,3 +268,14 @@ def test_up_runs_migrations_a_worker_and_the_api(tmp_path: Path) -> None:
     assert expected_broker in output and (tmp_path / "var" / "trainery.db").exists()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz", timeout=2)
+
+
+def test_the_trainery_command_has_the_client_and_the_server_commands() -> None:
+    """The console script is the client's; the server's commands arrive by entry point."""
+    exe = Path(sys.executable).with_name("trainery")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    listed = {line.split()[1] for line in out.stdout.splitlines()
+              if line.startswith("│ ") and len(line.split()) > 2}
+    assert {"submit", "follow", "download", "datasets", "up", "api", "worker", "keys"} <= listed
