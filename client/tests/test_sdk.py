@@ -434,3 +434,81 @@ def test_download_errors_are_typed(tmp_path: Path) -> None:
 
     with pytest.raises(ModelNotReady), client(handler) as c:
         c.download_model("job_1", tmp_path)
+
+
+def test_a_download_that_drops_midway_is_tried_again_whole(tmp_path: Path) -> None:
+    tries = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            def half() -> Iterator[bytes]:
+                yield MODEL[:100]
+                raise httpx.ReadError("connection reset")
+            return httpx.Response(200, content=half(), headers={
+                "ETag": f'"{hashlib.sha256(MODEL).hexdigest()}"'})
+        return model_handler(MODEL)(request)
+
+    with client(handler) as c:
+        saved = c.download_model("job_1", tmp_path / "model.pt")
+    assert tries == 2 and saved.path.read_bytes() == MODEL
+    assert list(tmp_path.iterdir()) == [saved.path]  # no .part left behind
+
+
+class Stream(httpx.SyncByteStream):
+    """A response body that records whether the client closed it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body, self.closed = body, False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_stopping_a_follow_early_closes_its_stream() -> None:
+    body = Stream(sse(event_json(1), event_json(2)))
+    with client(lambda request: httpx.Response(200, stream=body)) as c:
+        events = c.follow("job_1")
+        assert next(events).id == 1
+        events.close()
+        assert body.closed
+
+
+# -- the async client runs the same plans ---------------------------------------
+
+
+def test_async_client_pages_waits_downloads_and_maps_errors(tmp_path: Path) -> None:
+    polls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        path = request.url.path
+        if path == "/v1/jobs" and "cursor" not in request.url.params:
+            return httpx.Response(200, json={"data": [job_json("job_2")], "next_cursor": "c1"})
+        if path == "/v1/jobs":
+            return httpx.Response(200, json={"data": [job_json("job_1")], "next_cursor": None})
+        if path == "/v1/jobs/job_1":
+            polls += 1
+            return httpx.Response(200, json=job_json(status="succeeded" if polls > 2 else
+                                                     "running"))
+        if path == "/v1/jobs/job_1/model":
+            return model_handler(MODEL)(request)
+        return httpx.Response(404, json={"error": "job_not_found", "detail": path})
+
+    async def run() -> tuple[list[str], str, Path]:
+        async with AsyncClient("http://trainery.test", retry=FAST,
+                               transport=httpx.MockTransport(handler)) as c:
+            ids = [job.id async for job in c.list(page_size=1)]
+            done = await c.wait("job_1", timeout=10, poll_s=0.01)
+            saved = await c.download_model("job_1", tmp_path)
+            with pytest.raises(NotFound):
+                await c.get("job_x")
+            return ids, done.status, saved.path
+
+    ids, status, path = asyncio.run(run())
+    assert ids == ["job_2", "job_1"] and status == "succeeded" and polls == 3
+    assert path == tmp_path / "job_1.pt" and path.read_bytes() == MODEL

@@ -44,12 +44,12 @@ class BaseClient(Generic[HttpT]):
         self._retry = retry or RetryPolicy()
         self._timeout, self._stream_read_timeout = timeout, stream_read_timeout
 
-    def _build(self, call: Call[Any], timeout: httpx.Timeout | None = None) -> httpx.Request:
+    def _build(self, call: Call[Any]) -> httpx.Request:
+        """The httpx request for a call (base URL, default headers and timeout added)."""
         call.rewind()  # a retry sends the files whole again
-        extra = {} if timeout is None else {"timeout": timeout}
         return self._http.build_request(call.method, call.path, params=call.params,
                                         json=call.json, headers=call.headers, files=call.files,
-                                        data=call.data, **extra)
+                                        data=call.data)
 
     # -- one request ---------------------------------------------------------
 

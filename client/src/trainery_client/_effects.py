@@ -45,6 +45,8 @@ class Send(Effect):
 
 @dataclass(frozen=True)
 class Sleep(Effect):
+    """Wait before the next try."""
+
     seconds: float
 
     def run(self, http: httpx.Client) -> None:

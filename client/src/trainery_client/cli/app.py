@@ -78,11 +78,13 @@ def connect(ctx: typer.Context) -> Iterator[Client]:
 
 
 def fail(message: str) -> NoReturn:
+    """Print the message in red and end the command with exit code 3."""
     Console(stderr=True).print(Text(f"error: {message}", style="red"))
     raise typer.Exit(EXIT_ERROR)
 
 
 def print_json(data: Any, *, compact: bool = False) -> None:
+    """Data as JSON on stdout: indented, or one line (`compact`) for streams."""
     typer.echo(json.dumps(data, indent=None if compact else 2, default=str))
 
 

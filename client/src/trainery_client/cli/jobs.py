@@ -40,6 +40,7 @@ from trainery_client.cli.render import (
 
 
 def exit_code(job: Job) -> int:
+    """0 succeeded, 1 failed, 2 cancelled."""
     return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(job.status, EXIT_FAILED)
 
 

@@ -16,18 +16,18 @@ from trainery_client import Event, Job
 STATUS_STYLES = {"queued": "yellow", "running": "cyan", "cancelling": "magenta",
                  "succeeded": "green", "failed": "red", "cancelled": "bright_black"}
 
-# -- formatting ---------------------------------------------------------------
-
-
 def status_text(status: str) -> Text:
+    """The status, coloured."""
     return Text(status, style=STATUS_STYLES.get(status, ""))
 
 
 def when(ts: datetime | None) -> str:
+    """A timestamp in local time, or `-`."""
     return ts.astimezone().strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 def duration(seconds: float) -> str:
+    """`1h02m`, `3m05s` or `7s`."""
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:
@@ -53,6 +53,7 @@ def best_text(best: Mapping[str, Any], *, short: bool = False) -> str:
 
 
 def event_text(event: Event) -> Text:
+    """One event as a line: time, state change, metrics or log message."""
     text = Text(f"{event.ts.astimezone():%H:%M:%S} ", style="bright_black")
     if event.kind == "state":
         if event.from_status:
@@ -67,6 +68,7 @@ def event_text(event: Event) -> Text:
 
 
 def job_details(job: Job) -> Table:
+    """The job as a two-column table (what `trainery status` shows)."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -92,6 +94,7 @@ def job_details(job: Job) -> Table:
 
 
 def summary(job: Job) -> Text:
+    """The one line printed when a followed job ends."""
     line = Text(f"{job.id} ({job.name}) ")
     line.append_text(status_text(job.status))
     if job.status == "succeeded":
@@ -108,6 +111,7 @@ class EpochClock:
         self.recent: list[float] = []
 
     def eta(self, data: Mapping[str, Any], epochs: int) -> str:
+        """The time left after this epoch's metrics, from the last five epochs' mean."""
         seconds = data.get("epoch_time_s")
         if isinstance(seconds, (int, float)):
             self.recent = [*self.recent[-4:], float(seconds)]
