@@ -28,5 +28,8 @@ fi
 extras="torch"
 [ "$want" = "test" ] && extras="torch,keras,dev"
 python -m pip install -q -e ./client -e ".[$extras]"
+# A venv from before the client split has a `trainery` whose uninstall takes the
+# console script the client just installed with it: put the client's back.
+[ -x .venv/bin/trainery ] || python -m pip install -q --no-deps --force-reinstall -e ./client
 touch "$stamp"
 echo "setup: installed trainery-client and trainery[$extras]"
