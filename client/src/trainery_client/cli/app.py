@@ -92,8 +92,13 @@ def load_commands(cli: typer.Typer) -> list[str]:
     """Let each installed `trainery.commands` entry point add its commands; their names."""
     loaded = []
     for entry in entry_points(group=COMMANDS_GROUP):
-        register = entry.load()
-        register(cli)
+        try:
+            register = entry.load()
+            register(cli)
+        except Exception as exc:  # a broken plugin must not take the client's commands along
+            Console(stderr=True).print(Text(f"warning: the commands of {entry.value} are "
+                                            f"unavailable: {exc!r}", style="yellow"))
+            continue
         loaded.append(entry.name)
     return loaded
 
