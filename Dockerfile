@@ -10,6 +10,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TRAINERY_DATA_DIR=/var/lib/trainery
 WORKDIR /srv/trainery
 COPY pyproject.toml README.md alembic.ini ./
+COPY client ./client
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
@@ -18,9 +19,10 @@ COPY migrations ./migrations
 RUN useradd --system --uid 10001 --no-create-home --home-dir /var/lib/trainery trainery \
     && mkdir -p /var/lib/trainery && chown trainery:trainery /var/lib/trainery
 
-# The API: no torch, no tensorflow (the API process never imports them).
+# The API: no torch, no tensorflow (the API process never imports them). The server
+# depends on trainery-client (the `trainery` command), installed from ./client alongside.
 FROM base AS api
-RUN pip install .
+RUN pip install ./client .
 USER trainery
 EXPOSE 8000
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
@@ -33,6 +35,6 @@ ARG TORCH_VERSION=2.13.0
 ARG TF_PACKAGE=tensorflow-cpu==2.21.0
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
     && pip install "${TF_PACKAGE}" \
-    && pip install ".[torch,keras]"
+    && pip install ./client ".[torch,keras]"
 USER trainery
 CMD ["trainery", "worker"]

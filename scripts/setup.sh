@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install Trainery into ./.venv: torch first (so a CPU-only box takes the CPU wheel
-# that pip finds locally and a CUDA box takes the CUDA one), then the project.
+# that pip finds locally and a CUDA box takes the CUDA one), then the client
+# distribution (./client: the SDK and the `trainery` command) and the server, both
+# editable, in one pip call (the server depends on trainery-client).
 #   scripts/setup.sh            the service with the PyTorch runner
 #   scripts/setup.sh test       plus Keras/TensorFlow and the test tools
 set -euo pipefail
@@ -12,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-stamp=".venv/.trainery-$want-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.trainery-$want-$(cat pyproject.toml client/pyproject.toml | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
     echo "setup: .venv is up to date for '$want'"
     exit 0
@@ -25,6 +27,9 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 extras="torch"
 [ "$want" = "test" ] && extras="torch,keras,dev"
-python -m pip install -q -e ".[$extras]"
+python -m pip install -q -e ./client -e ".[$extras]"
+# A venv from before the client split has a `trainery` whose uninstall takes the
+# console script the client just installed with it: put the client's back.
+[ -x .venv/bin/trainery ] || python -m pip install -q --no-deps --force-reinstall -e ./client
 touch "$stamp"
-echo "setup: installed trainery[$extras]"
+echo "setup: installed trainery-client and trainery[$extras]"

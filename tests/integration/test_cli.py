@@ -18,11 +18,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-import app.cli as cli_module
-from app.cli import app, load_spec, worker_command
-from app.client import Client
+import app.cli as server_cli
+from app.cli import server_app, worker_command
 from tests.harness import REDIS_URL, ROOT, Stack, free_port
 from tests.specs import tiny_spec
+from trainery_client import Client
+from trainery_client.cli import app
+from trainery_client.cli.jobs import load_spec
 
 pytestmark = pytest.mark.integration
 Cli = Callable[..., Result]
@@ -199,16 +201,17 @@ def test_spec_files_and_overrides(tmp_path: Path) -> None:
 
 def test_worker_and_api_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[tuple[list[str], dict[str, str] | None]] = []
-    monkeypatch.setattr(cli_module, "_exec", lambda argv, env=None: ran.append((argv, env)))
+    monkeypatch.setattr(server_cli, "_exec", lambda argv, env=None: ran.append((argv, env)))
     monkeypatch.setenv("TRAINERY_QUEUE_PREFIX", "acme")
     runner = CliRunner()
-    assert runner.invoke(app, ["worker", "--gpu", "1", "--queue", "default",
+    assert runner.invoke(server_app, ["worker", "--gpu", "1", "--queue", "default",
                                "--queue", "big"]).exit_code == 0
-    assert runner.invoke(app, ["api", "--port", "9001"]).exit_code == 0
+    assert runner.invoke(server_app, ["api", "--port", "9001"]).exit_code == 0
     (worker_argv, worker_env), (api_argv, _) = ran[:2]
     del ran[:2]
     assert worker_argv == worker_command("gpu1", ["default", "big"])
-    assert runner.invoke(app, ["worker", "--gpus", "0,2", "--queue", "gpu.a100"]).exit_code == 0
+    fleet = runner.invoke(server_app, ["worker", "--gpus", "0,2", "--queue", "gpu.a100"])
+    assert fleet.exit_code == 0
     fleet_argv, fleet_env = ran.pop()
     assert fleet_argv[1:] == ["-m", "workers.fleet"]
     assert fleet_env is not None and fleet_env["TRAINERY_GPUS"] == "0,2"
@@ -224,11 +227,11 @@ def test_worker_and_api_commands(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_broker_choice_falls_back_to_the_embedded_one(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
-    assert cli_module.choose_broker({"TRAINERY_BROKER_URL": "redis://x:1/0"}, tmp_path) == (
+    assert server_cli.choose_broker({"TRAINERY_BROKER_URL": "redis://x:1/0"}, tmp_path) == (
         "redis://x:1/0", "from TRAINERY_BROKER_URL")
-    monkeypatch.setattr(cli_module, "_reachable", lambda host, port: False)
+    monkeypatch.setattr(server_cli, "_reachable", lambda host, port: False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    url, why = cli_module.choose_broker({}, tmp_path)
+    url, why = server_cli.choose_broker({}, tmp_path)
     assert url == f"sqla+sqlite:///{tmp_path}/broker.db" and "embedded" in why
 
 
@@ -265,3 +268,14 @@ def test_up_runs_migrations_a_worker_and_the_api(tmp_path: Path) -> None:
     assert expected_broker in output and (tmp_path / "var" / "trainery.db").exists()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz", timeout=2)
+
+
+def test_the_trainery_command_has_the_client_and_the_server_commands() -> None:
+    """The console script is the client's; the server's commands arrive by entry point."""
+    exe = Path(sys.executable).with_name("trainery")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    listed = {line.split()[1] for line in out.stdout.splitlines()
+              if line.startswith("│ ") and len(line.split()) > 2}
+    assert {"submit", "follow", "download", "datasets", "up", "api", "worker", "keys"} <= listed

@@ -16,7 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from app.client import (
+from tests.harness import ROOT, Stack
+from tests.specs import tiny_spec
+from trainery_client import (
     AsyncClient,
     Client,
     Event,
@@ -29,8 +31,6 @@ from app.client import (
     TraineryError,
     ValidationFailed,
 )
-from tests.harness import ROOT, Stack
-from tests.specs import tiny_spec
 
 pytestmark = pytest.mark.integration
 FOLLOW_S = 180  # a stuck job fails its test instead of hanging the run

@@ -9,16 +9,16 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
-from app.client import Client
+from app.cli import server_app
 from tests.harness import Stack, migrate
 from tests.specs import tiny_spec
+from trainery_client import Client
 
 pytestmark = pytest.mark.integration
 
 
 def keys_cli(stack: Stack, *args: str) -> str:
-    result = CliRunner().invoke(app, ["keys", *args],
+    result = CliRunner().invoke(server_app, ["keys", *args],
                                 env={"TRAINERY_DATABASE_URL": stack.database_url})
     assert result.exit_code == 0, result.output
     return result.stdout

@@ -20,9 +20,13 @@ def dockerfile_targets() -> set[str]:
     return set(re.findall(r"^FROM \S+ AS (\w+)", (ROOT / "Dockerfile").read_text(), re.M))
 
 
+def project(path: str) -> dict:  # type: ignore[type-arg]
+    return tomllib.loads((ROOT / path).read_text())["project"]  # type: ignore[no-any-return]
+
+
 def check_command(argv: list[str]) -> None:
     """Each command a service runs resolves to something this project provides."""
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = project("client/pyproject.toml")["scripts"]  # the `trainery` command's owner
     exe = argv[0]
     if exe == "alembic":
         assert argv[1:] == ["upgrade", "head"] and (ROOT / "alembic.ini").exists()
@@ -39,6 +43,11 @@ def check_command(argv: list[str]) -> None:
         assert exe in scripts
         module, func = scripts[exe].split(":")
         assert hasattr(importlib.import_module(module), func)
+        # The server's commands (worker, up, ...) reach it through this entry point.
+        plugin = project("pyproject.toml")["entry-points"]["trainery.commands"]["server"]
+        module, func = plugin.split(":")
+        server_app = importlib.import_module(module).server_app
+        assert argv[1] in {c.name or c.callback.__name__ for c in server_app.registered_commands}
     elif exe in ("redis-server", "python"):
         pass  # provided by the image
     else:
@@ -67,6 +76,9 @@ def test_worker_reserves_a_gpu_and_api_waits_for_migrations() -> None:
 
 def test_dockerfile_cmds_exist() -> None:
     text = (ROOT / "Dockerfile").read_text()
+    # The server depends on trainery-client: every image installs ./client alongside.
+    assert "COPY client ./client" in text
+    assert "pip install ./client .\n" in text and 'pip install ./client ".[torch,keras]"' in text
     assert dockerfile_targets() == {"base", "api", "worker"}
     assert "TORCH_INDEX" in text  # the CUDA build argument
     for cmd in re.findall(r'^CMD (\[.*?\])\s*$', text, re.M | re.S):

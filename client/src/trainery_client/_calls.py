@@ -1,7 +1,8 @@
-"""The calls the API takes and how their answers parse, shared by the sync and async clients.
+"""The calls the API takes and how their answers parse: the request builder of both clients.
 
-Each function builds a `Call`: a description of one request. The clients only send it
-(with retries where `idempotent` says so) and hand the response to `parse`.
+Each function builds a `Call`: a description of one request. `_base_client` turns it into
+an httpx request, sends it (with retries where `idempotent` says so) and hands the
+response to `parse`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from app.client.models import Checkpoint, Dataset, Event, Job, JobPage, MetricRow
+from trainery_client._version import __version__
+from trainery_client.models import Checkpoint, Dataset, Event, Job, JobPage, MetricRow
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-USER_AGENT = "trainery-client/0.1.0"
+USER_AGENT = f"trainery-client/{__version__}"
 
 
 @dataclass(frozen=True)

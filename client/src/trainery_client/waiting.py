@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from app.client.errors import WaitTimeout
-from app.client.models import Job
+from trainery_client.errors import WaitTimeout
+from trainery_client.models import Job
 
 
 class JobWaiter:

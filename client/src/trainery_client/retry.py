@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.client.errors import ConnectionFailed
+from trainery_client.errors import ConnectionFailed
 
 
 @dataclass(frozen=True)

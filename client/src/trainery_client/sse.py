@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.client.api import job_path
-from app.client.errors import TraineryError, WaitTimeout
-from app.client.models import Event
-from app.client.retry import RetryPolicy, RetryState
+from trainery_client._calls import job_path
+from trainery_client.errors import TraineryError, WaitTimeout
+from trainery_client.models import Event
+from trainery_client.retry import RetryPolicy, RetryState
 
 END_EVENT = "end"
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import json
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from app.client import (
+from trainery_client import (
     AsyncClient,
     ChecksumMismatch,
     Client,
@@ -38,8 +33,8 @@ from app.client import (
     ValidationFailed,
     WaitTimeout,
 )
-from app.client.errors import error_from_response
-from app.client.sse import EventFollower, SSEDecoder
+from trainery_client.errors import error_from_response
+from trainery_client.sse import EventFollower, SSEDecoder
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(attempts=3, backoff_s=0.0, jitter=False)
@@ -441,49 +436,79 @@ def test_download_errors_are_typed(tmp_path: Path) -> None:
         c.download_model("job_1", tmp_path)
 
 
-# -- the examples and the SDK's own footprint ---------------------------------
+def test_a_download_that_drops_midway_is_tried_again_whole(tmp_path: Path) -> None:
+    tries = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            def half() -> Iterator[bytes]:
+                yield MODEL[:100]
+                raise httpx.ReadError("connection reset")
+            return httpx.Response(200, content=half(), headers={
+                "ETag": f'"{hashlib.sha256(MODEL).hexdigest()}"'})
+        return model_handler(MODEL)(request)
+
+    with client(handler) as c:
+        saved = c.download_model("job_1", tmp_path / "model.pt")
+    assert tries == 2 and saved.path.read_bytes() == MODEL
+    assert list(tmp_path.iterdir()) == [saved.path]  # no .part left behind
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
-def test_examples_are_valid_job_specs(path: Path) -> None:
-    from app.core.spec import JobSpec
+class Stream(httpx.SyncByteStream):
+    """A response body that records whether the client closed it."""
 
-    spec = JobSpec.model_validate(yaml.safe_load(path.read_text()))
-    twin = path.name.removeprefix("keras-")
-    assert (ROOT / "examples" / twin).exists() and (ROOT / "examples" / f"keras-{twin}").exists()
-    assert spec.framework == ("keras" if path.name.startswith("keras-") else "pytorch")
+    def __init__(self, body: bytes) -> None:
+        self.body, self.closed = body, False
 
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
 
-SDK_DEPENDENCIES = ["httpx", "httpcore", "h11", "anyio", "sniffio", "idna", "certifi",
-                    "pydantic", "pydantic_core", "typing_extensions", "typing_inspection",
-                    "annotated_types"]
-SERVER_MODULES = ["torch", "tensorflow", "keras", "celery", "sqlalchemy", "fastapi", "starlette",
-                  "alembic", "numpy", "typer", "rich", "yaml"]
+    def close(self) -> None:
+        self.closed = True
 
 
-def test_the_sdk_imports_with_only_httpx_and_pydantic(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    for name in SDK_DEPENDENCIES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            continue  # optional for this httpx (sniffio is gone from recent ones)
-        origin = Path(spec.origin)
-        source = origin.parent if origin.name == "__init__.py" else origin
-        (site / source.name).symlink_to(source)
-    code = textwrap.dedent(f"""
-        import importlib.util, sys
-        sys.path[:0] = [{str(ROOT)!r}, {str(site)!r}]
-        import app.client
-        from app.client import AsyncClient, Client
-        loaded = [m for m in {SERVER_MODULES!r} if m in sys.modules]
-        assert not loaded, loaded
-        findable = [m for m in {SERVER_MODULES!r} if importlib.util.find_spec(m) is not None]
-        assert not findable, findable
-        Client("http://127.0.0.1:1").close()
-        print("ok")
-    """)
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+def test_stopping_a_follow_early_closes_its_stream() -> None:
+    body = Stream(sse(event_json(1), event_json(2)))
+    with client(lambda request: httpx.Response(200, stream=body)) as c:
+        events = c.follow("job_1")
+        assert next(events).id == 1
+        events.close()
+        assert body.closed
+
+
+# -- the async client runs the same plans ---------------------------------------
+
+
+def test_async_client_pages_waits_downloads_and_maps_errors(tmp_path: Path) -> None:
+    polls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        path = request.url.path
+        if path == "/v1/jobs" and "cursor" not in request.url.params:
+            return httpx.Response(200, json={"data": [job_json("job_2")], "next_cursor": "c1"})
+        if path == "/v1/jobs":
+            return httpx.Response(200, json={"data": [job_json("job_1")], "next_cursor": None})
+        if path == "/v1/jobs/job_1":
+            polls += 1
+            return httpx.Response(200, json=job_json(status="succeeded" if polls > 2 else
+                                                     "running"))
+        if path == "/v1/jobs/job_1/model":
+            return model_handler(MODEL)(request)
+        return httpx.Response(404, json={"error": "job_not_found", "detail": path})
+
+    async def run() -> tuple[list[str], str, Path]:
+        async with AsyncClient("http://trainery.test", retry=FAST,
+                               transport=httpx.MockTransport(handler)) as c:
+            ids = [job.id async for job in c.list(page_size=1)]
+            done = await c.wait("job_1", timeout=10, poll_s=0.01)
+            saved = await c.download_model("job_1", tmp_path)
+            with pytest.raises(NotFound):
+                await c.get("job_x")
+            return ids, done.status, saved.path
+
+    ids, status, path = asyncio.run(run())
+    assert ids == ["job_2", "job_1"] and status == "succeeded" and polls == 3
+    assert path == tmp_path / "job_1.pt" and path.read_bytes() == MODEL

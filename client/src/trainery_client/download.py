@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from app.client.errors import ChecksumMismatch
-from app.client.models import ModelFile
+from trainery_client.errors import ChecksumMismatch
+from trainery_client.models import ModelFile
 
 _FILENAME = re.compile(r'filename="?([^";]+)"?')
 

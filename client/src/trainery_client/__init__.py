@@ -4,8 +4,9 @@ Needs only httpx and pydantic: nothing here imports the service (FastAPI,
 SQLAlchemy, Celery) or a training framework. See docs/client.md.
 """
 
-from app.client.async_client import AsyncClient
-from app.client.errors import (
+from trainery_client._version import __version__
+from trainery_client.async_client import AsyncClient
+from trainery_client.errors import (
     AuthenticationFailed,
     BadRequest,
     ChecksumMismatch,
@@ -20,7 +21,7 @@ from app.client.errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from app.client.models import (
+from trainery_client.models import (
     TERMINAL_STATUSES,
     Checkpoint,
     Dataset,
@@ -32,13 +33,13 @@ from app.client.models import (
     ModelFile,
     Progress,
 )
-from app.client.retry import NO_RETRY, RetryPolicy
-from app.client.sync_client import Client
+from trainery_client.retry import NO_RETRY, RetryPolicy
+from trainery_client.sync_client import Client
 
 __all__ = [
     "NO_RETRY", "TERMINAL_STATUSES", "AsyncClient", "AuthenticationFailed", "BadRequest",
     "Checkpoint", "ChecksumMismatch", "Client", "Conflict", "ConnectionFailed", "Dataset", "Event",
     "IdempotencyKeyReused", "InvalidTransition", "Job", "JobError", "JobPage", "MetricRow",
     "ModelFile", "ModelNotReady", "NotFound", "Progress", "RetryPolicy", "ServerError",
-    "TraineryError", "ValidationFailed", "WaitTimeout",
+    "TraineryError", "ValidationFailed", "WaitTimeout", "__version__",
 ]

@@ -1,0 +1,5 @@
+"""`python -m trainery_client.cli`: the `trainery` command."""
+
+from trainery_client.cli import main
+
+main()

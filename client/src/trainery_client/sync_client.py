@@ -1,0 +1,145 @@
+"""The blocking client: `Client(url, token)`. It only performs the plans of `_base_client`."""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from trainery_client import _calls
+from trainery_client._base_client import BaseClient
+from trainery_client._effects import Emit, Plan, PlanRunner
+from trainery_client.models import Checkpoint, Dataset, Event, Job, JobPage, MetricRow, ModelFile
+
+T = TypeVar("T")
+
+
+class Client(BaseClient[httpx.Client]):
+    """The Trainery API, blocking. Use it as a context manager, or call close()."""
+
+    _http_class = httpx.Client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _iterate(self, plan: Plan[Any], runner: PlanRunner | None = None) -> Iterator[Any]:
+        """Perform the plan's effects, blocking; yield what it emits."""
+        runner = runner or PlanRunner(plan)
+        try:
+            for effect in runner:
+                if isinstance(effect, Emit):
+                    yield effect.item
+                    continue
+                try:
+                    runner.settle(effect, effect.run(self._http))
+                except Exception as exc:
+                    runner.fail(exc)
+        finally:
+            for response in runner.stop():
+                response.close()
+
+    def _run(self, plan: Plan[T]) -> T:
+        """Perform a plan that emits nothing; its result."""
+        runner = PlanRunner(plan)
+        for _ in self._iterate(plan, runner):
+            raise TypeError("this call's plan emits items; iterate it instead")
+        return runner.result  # type: ignore[no-any-return]
+
+    # -- jobs ---------------------------------------------------------------
+
+    def submit(self, spec: Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
+        """Submit a job spec; retried safely under one Idempotency-Key (uuid4 by default)."""
+        return self._run(self._call(_calls.submit(spec, idempotency_key)))
+
+    def get(self, job_id: str) -> Job:
+        """The job as it is now."""
+        return self._run(self._call(_calls.get_job(job_id)))
+
+    def list_page(self, status: str | None = None, *, page_size: int = 50,
+                  cursor: str | None = None) -> JobPage:
+        """One page of jobs, newest first; pass its `next_cursor` to get the next."""
+        return self._run(self._call(_calls.list_jobs(status, page_size, cursor)))
+
+    def list(self, status: str | None = None, *, page_size: int = 50) -> Iterator[Job]:
+        """Every job (with that status), newest first, fetching pages as you iterate."""
+        return self._iterate(self._list(status, page_size))
+
+    def metrics(self, job_id: str) -> builtins.list[MetricRow]:
+        """The per-epoch metrics, in order."""
+        return self._run(self._call(_calls.metrics(job_id)))
+
+    def events(self, job_id: str, *, after: int = 0) -> builtins.list[Event]:
+        """The job's events so far (after event id `after`), oldest first."""
+        return self._run(self._events(job_id, after))
+
+    def follow(self, job_id: str, *, after: int = 0,
+               timeout: float | None = None) -> Iterator[Event]:
+        """Events live from the stream until the job ends, resuming after a dropped connection.
+
+        With a timeout, WaitTimeout if the job has not ended that many seconds from now.
+        """
+        return self._iterate(self._follow(job_id, after, timeout))
+
+    def wait(self, job_id: str, timeout: float | None = None, *, poll_s: float = 2.0) -> Job:
+        """Poll until the job has finished and return it; WaitTimeout after timeout seconds."""
+        return self._run(self._wait(job_id, timeout, poll_s))
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask the job to stop (202): queued jobs end at once, running ones within seconds."""
+        return self._run(self._call(_calls.cancel(job_id)))
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+        return self._run(self._call(_calls.retry(job_id)))
+
+    def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
+        """The kept checkpoints, oldest first."""
+        return self._run(self._call(_calls.checkpoints(job_id)))
+
+    def model_card(self, job_id: str) -> dict[str, Any]:
+        """What the trained model takes and returns, and how it was trained."""
+        return self._run(self._call(_calls.model_card(job_id)))
+
+    def download_model(self, job_id: str, path: str | os.PathLike[str] | None = None,
+                       format: str | None = None) -> ModelFile:
+        """Stream the trained model to path (a file, or a folder for the server's filename).
+
+        The file appears only once its sha256 matches the ETag; ChecksumMismatch otherwise.
+        """
+        return self._run(self._download(job_id, path, format))
+
+    # -- datasets -----------------------------------------------------------
+
+    def datasets(self) -> builtins.list[Dataset]:
+        """The datasets a job can train on."""
+        return self._run(self._call(_calls.list_datasets()))
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        """One dataset."""
+        return self._run(self._call(_calls.get_dataset(dataset_id)))
+
+    def upload_dataset(self, path: str | os.PathLike[str], *, name: str | None = None,
+                       task: str | None = None, description: str | None = None,
+                       **fields: str | int | float) -> Dataset:
+        """Upload a dataset file (POST /v1/datasets, multipart); see docs/datasets.md.
+
+        `fields` are further form fields (`format`, `target`, `image_size`). The service
+        keeps datasets by content: the same upload again returns the first dataset.
+        """
+        form = {"name": name, "task": task, "description": description, **fields}
+        return self._run(self._upload(path, form))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (409 while an unfinished job trains on it)."""
+        self._run(self._call(_calls.delete_dataset(dataset_id)))
