@@ -35,12 +35,23 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
-    """Build an engine for url with the settings this service relies on."""
+    """Build an engine for url with the settings this service relies on.
+
+    Both dialects get pool_size connections plus as many in overflow: the API
+    admits at most pool_size request units of work (app/api/admission.py), so
+    the overflow is always there for short sessions (readiness, streams).
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=pool_size, max_overflow=pool_size)
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def writer(engine: Engine) -> Engine:
+    """engine whose transactions take the write lock up front (SQLite BEGIN IMMEDIATE)."""
+    return engine.execution_options(**{WRITE_OPTION: True})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -61,6 +61,17 @@ class ExportUnavailable(NotFound):
     code = "export_unavailable"
 
 
+class ServiceBusy(DomainError):
+    """Too many requests wait for the database; the client should retry after retry_after_s."""
+
+    status_code = 503
+    code = "service_busy"
+
+    def __init__(self, detail: Any, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidInput(DomainError):
     """A request that parsed but cannot be served; detail lists the offending fields."""
 

@@ -135,21 +135,19 @@ def jobs_using(session: Session, ds_id: str, owner: str) -> list[str]:
     return list(session.scalars(stmt))
 
 
-def delete_dataset(factory: sessionmaker[Session], blobs: BlobStore, ds_id: str,
-                   owner: str) -> None:
-    """Remove the dataset and its blob; 409 while an unfinished job trains on it."""
-    with transaction(factory) as session:
-        row = session.scalar(select(Dataset).where(Dataset.id == ds_id, Dataset.owner == owner)
-                             .with_for_update())
-        if row is None:
-            raise DatasetNotFound(f"no dataset with id {ds_id!r}")
-        users = jobs_using(session, ds_id, owner)
-        if users:
-            raise DatasetInUse(f"dataset {ds_id} is used by unfinished job(s) "
-                               + ", ".join(users[:10]) + "; cancel them or wait until they end")
-        blob_id = row.blob_id
-        session.delete(row)
-    blobs.delete(blob_id)
+def delete_dataset(session: Session, ds_id: str, owner: str) -> None:
+    """Remove the dataset and its blob in session; 409 while an unfinished job trains on it."""
+    row = session.scalar(select(Dataset).where(Dataset.id == ds_id, Dataset.owner == owner)
+                         .with_for_update())
+    if row is None:
+        raise DatasetNotFound(f"no dataset with id {ds_id!r}")
+    users = jobs_using(session, ds_id, owner)
+    if users:
+        raise DatasetInUse(f"dataset {ds_id} is used by unfinished job(s) "
+                           + ", ".join(users[:10]) + "; cancel them or wait until they end")
+    session.delete(row)
+    session.flush()
+    BlobStore.delete_in(session, [row.blob_id])
 
 
 def check_job_dataset(session: Session, spec: JobSpec, owner: str) -> None:
