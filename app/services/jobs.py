@@ -186,6 +186,17 @@ def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
 
 def to_public(session: Session, job: Job, lost_after_s: float = 30.0) -> JobPublic:
     """The job as the API shows it."""
+    return to_public_page(session, [job], lost_after_s)[0]
+
+
+def to_public_page(session: Session, jobs: list[Job], lost_after_s: float = 30.0
+                   ) -> list[JobPublic]:
+    """Jobs as the API shows them; pending reasons for the whole page in a fixed few queries."""
+    reasons = workers.pending_reasons(session, jobs, lost_after_s)
+    return [_public(job, reasons.get(job.id)) for job in jobs]
+
+
+def _public(job: Job, pending_reason: str | None) -> JobPublic:
     error = (JobError(type=job.error_type, message=job.error_message or "")
              if job.error_type else None)
     return JobPublic(
@@ -194,9 +205,7 @@ def to_public(session: Session, job: Job, lost_after_s: float = 30.0) -> JobPubl
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
         finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
         progress=Progress(epoch=job.progress_epoch, epochs=job.progress_epochs),
-        metrics=job.metrics, best=job.best, error=error,
-        pending_reason=(workers.pending_reason(session, job, lost_after_s)
-                        if job.status == JobStatus.QUEUED.value else None),
+        metrics=job.metrics, best=job.best, error=error, pending_reason=pending_reason,
         spec=job.spec)
 
 

@@ -71,8 +71,8 @@ def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep,
     """Jobs newest first, a page at a time."""
     page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
                                               cursor=cursor)
-    return JobsPublic(data=[job_service.to_public(session, j, settings.worker_lost_after_s)
-                            for j in page],
+    return JobsPublic(data=job_service.to_public_page(session, page,
+                                                      settings.worker_lost_after_s),
                       next_cursor=next_cursor)
 
 
