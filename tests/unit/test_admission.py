@@ -33,16 +33,15 @@ def test_a_full_line_is_refused_at_once() -> None:
             async with gate.slot():
                 pass
 
-        async with anyio.create_task_group() as tg:
-            async with gate.slot():
-                tg.start_soon(second)
-                await anyio.sleep(0.05)  # second now waits in the line
-                with anyio.fail_after(1):
-                    try:
-                        async with gate.slot():
-                            pass
-                    except ServiceBusy as exc:
-                        refused.append(exc)
+        async with anyio.create_task_group() as tg, gate.slot():
+            tg.start_soon(second)
+            await anyio.sleep(0.05)  # second now waits in the line
+            with anyio.fail_after(1):
+                try:
+                    async with gate.slot():
+                        pass
+                except ServiceBusy as exc:
+                    refused.append(exc)
         assert len(refused) == 1 and gate.waiting == 0
 
     anyio.run(main)
