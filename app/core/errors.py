@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from app.core.spec import FIELD_MARK
+from app.core.spec import FIELD_MARK, layer_tags
 
 
 class DomainError(Exception):
@@ -106,10 +106,7 @@ def _strip_union_tags(loc: Sequence[Any]) -> list[str | int]:
     return out
 
 
-_LAYER_TAGS = {
-    "dense", "conv2d", "maxpool2d", "avgpool2d", "global_avgpool", "flatten", "dropout",
-    "batchnorm", "activation", "residual",
-}
+_LAYER_TAGS = layer_tags()
 
 
 def validation_problems(errors: Iterable[Any],
