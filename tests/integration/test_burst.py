@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from app.db import make_engine, make_sessionmaker, transaction
+from app.services import keys
 from tests.harness import Stack
 from tests.specs import tiny_spec
 
@@ -42,8 +44,14 @@ class Answer:
 
 @pytest.fixture
 def api(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """An API alone (no worker: the burst's jobs stay queued), default pool and limits."""
-    s = Stack(database_url, tmp_path)
+    """An API alone (no worker: the burst's jobs stay queued), default pool and limits, with
+    API keys required, so every request's auth reads the database too."""
+    engine = make_engine(database_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        _, token = keys.create(session, "burst-owner", "burst")
+    engine.dispose()
+    s = Stack(database_url, tmp_path, extra_env={"TRAINERY_AUTH_REQUIRED": "true"})
+    s.client.headers["Authorization"] = f"Bearer {token}"
     try:
         s.start_api()
         yield s
@@ -60,7 +68,8 @@ def burst(stack: Stack, calls: list[Call]) -> list[Answer | BaseException]:
         conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=CLIENT_TIMEOUT_S)
         try:
             conn.connect()
-            headers = {"Connection": "keep-alive", "Content-Type": "application/json"}
+            headers = {"Connection": "keep-alive", "Content-Type": "application/json",
+                       "Authorization": stack.client.headers["Authorization"]}
             if call.key:
                 headers["Idempotency-Key"] = call.key
             barrier.wait(timeout=60)
