@@ -62,7 +62,7 @@ def get_blobstore(request: Request) -> BlobStore:
 
 
 def get_celery(request: Request) -> Celery:
-    return request.app.state.celery  # type: ignore[no-any-return]
+    return request.app.state.celery
 
 
 def _owner(settings: Settings, authorization: str | None,
