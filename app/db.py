@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "trainery_write"
 
@@ -35,12 +37,23 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
-    """Build an engine for url with the settings this service relies on."""
+    """Build an engine for url with the settings this service relies on.
+
+    Both dialects get pool_size connections plus as many in overflow: the API
+    admits at most pool_size request units of work (app/api/admission.py), so
+    the overflow is always there for short sessions (readiness, streams).
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=pool_size, max_overflow=pool_size)
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def writer(engine: Engine) -> Engine:
+    """engine whose transactions take the write lock up front (SQLite BEGIN IMMEDIATE)."""
+    return engine.execution_options(**{WRITE_OPTION: True})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -54,3 +67,14 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session, session.begin():
         session.connection(execution_options={WRITE_OPTION: True})
         yield session
+
+
+def migrate(url: str) -> None:
+    """alembic upgrade head against url, as a deployment runs it (from a source checkout)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "head")

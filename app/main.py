@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.admission import Admission
 from app.api.errors import install_error_handlers
 from app.api.routers import datasets, health, jobs, workers
 from app.blobstore import BlobStore
 from app.broker import make_celery
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, make_sessionmaker, writer
 from app.settings import Settings, get_settings
 
 
@@ -25,6 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(s.resolved_database_url(), s.db_pool_size)
         app.state.settings = s
         app.state.engine = engine
+        app.state.write_engine = writer(engine)
+        app.state.admission = Admission(s.resolved_db_slots(), s.api_queue_wait_s,
+                                        s.api_queue_max, s.api_retry_after_s)
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.blobstore = BlobStore(app.state.sessionmaker, s.blob_chunk_bytes)
         app.state.celery = make_celery(s)

@@ -70,7 +70,18 @@ class Settings(BaseSettings):
     # Test-only fault injection for the runner, e.g. "segfault@2" (see docs).
     fault_injection: str = ""
     blob_chunk_bytes: int = Field(1 << 20, ge=1024)
+    # Connections each process keeps open to the database (and as many again in
+    # overflow for short sessions: readiness, streams, wake-up bookkeeping).
     db_pool_size: int = Field(5, ge=1)
+    # API admission: at most api_db_slots requests hold a request unit of work
+    # (a database session) at once; the rest wait in line, at most
+    # api_queue_max of them for at most api_queue_wait_s, then get 503 with
+    # Retry-After. Unset, api_db_slots is db_pool_size: never more requests
+    # inside than the pool has connections (docs/ARCHITECTURE.md, Admission).
+    api_db_slots: int | None = Field(None, ge=1)
+    api_queue_wait_s: float = Field(10.0, gt=0)
+    api_queue_max: int = Field(1000, ge=1)
+    api_retry_after_s: int = Field(2, ge=1)
     worker_name: str = ""
     runner_python: str = ""
 
@@ -83,6 +94,10 @@ class Settings(BaseSettings):
     dataset_cache_bytes: int = Field(8 << 30, ge=0)
 
     limits: Limits = Field(default_factory=Limits)
+
+    def resolved_db_slots(self) -> int:
+        """How many requests may hold a database session at once."""
+        return min(self.api_db_slots or self.db_pool_size, self.db_pool_size)
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL; an SQLite file under data_dir when none is set."""

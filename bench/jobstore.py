@@ -9,10 +9,10 @@ from pathlib import Path
 
 from app.blobstore import BlobStore
 from app.core.spec import JobSpec
-from app.db import make_engine, make_sessionmaker, transaction
+from app.db import make_engine, make_sessionmaker, migrate, transaction
 from app.services import jobs, lifecycle
+from app.services.unit_of_work import UnitOfWork
 from app.settings import get_settings
-from tests.harness import migrate
 from workers.reporting import JobReporter
 
 
@@ -27,8 +27,8 @@ def claimed_job(spec: JobSpec, worker: str = "bench") -> Iterator[JobReporter]:
         settings = get_settings()
         try:
             with transaction(factory) as session:
-                job, _ = jobs.submit(session, spec, owner="bench", limits=settings.limits,
-                                     idempotency_key=None)
+                job, _ = jobs.submit(UnitOfWork(session), spec, owner="bench",
+                                     limits=settings.limits, idempotency_key=None)
                 attempt = lifecycle.claim(session, job.id, worker)
             assert attempt is not None
             blobs = BlobStore(factory, settings.blob_chunk_bytes)

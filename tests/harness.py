@@ -16,6 +16,10 @@ from typing import Any
 
 import httpx
 
+from app.db import migrate
+
+__all__ = ["migrate"]
+
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "TRAINERY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -47,17 +51,6 @@ def drop_postgres_database(url: str) -> None:
     admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def migrate(url: str) -> None:
-    """alembic upgrade head against url, as a deployment runs it."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "head")
 
 
 class Stack:

@@ -14,6 +14,7 @@ from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_do
 
 from app.broker import make_celery
 from app.settings import get_settings
+from workers import tasks
 
 settings = get_settings()
 app = make_celery(settings)
@@ -38,11 +39,9 @@ def _remember_hostname(sender: str, **_: Any) -> None:
 def _start_duties(sender: Any, **_: Any) -> None:
     # Runs before the consumer's loop starts, so a worker whose device check
     # fails stops consuming before it could take a job.
-    from workers import tasks
-
     prefix = f"{settings.queue_prefix}."
     queues = [q.name for q in sender.task_consumer.queues]
-    ok = tasks.start_worker_duties(_hostname, [q.removeprefix(prefix) for q in queues])
+    ok = tasks.start_worker_duties(app, _hostname, [q.removeprefix(prefix) for q in queues])
     if not ok:
         for queue in queues:
             sender.cancel_task_queue(queue)
@@ -51,6 +50,4 @@ def _start_duties(sender: Any, **_: Any) -> None:
 @worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     # Called from the signal handler in the main process: only set flags here.
-    from workers import tasks
-
     tasks.request_shutdown()

@@ -9,8 +9,8 @@ from typing import IO
 import numpy as np
 
 from app.core.catalog import BUILTIN_DATASETS, SYNTHETIC
+from app.core.dataset_arrays import read_normalised
 from app.core.spec import DatasetSpec
-from app.services.dataset_formats import read_normalised
 from workers.errors import UserError
 
 # Dataset id -> its normalised npz, opened for reading (workers.dataset_cache.fetcher).

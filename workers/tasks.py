@@ -1,4 +1,7 @@
-"""Celery tasks: thin, take a job id, and hand over to the supervisor."""
+"""Celery tasks: thin, take a job id, and hand over to the supervisor.
+
+The task is a shared_task, so this module needs no Celery app of its own:
+workers.celery_app imports it (for the worker hooks), never the other way round."""
 
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from celery import Celery, shared_task
+
 from app.broker import WAKE_TASK
 from app.db import make_engine, make_sessionmaker, transaction
 from app.services import dispatch
 from app.services import workers as worker_service
 from app.settings import get_settings
-from workers.celery_app import app
 from workers.maintenance import Maintenance
 from workers.supervisor import Supervisor
 
@@ -26,8 +30,8 @@ _supervisor: Supervisor | None = None
 _maintenance: Maintenance | None = None
 
 
-def init_supervisor(hostname: str | None = None) -> Supervisor:
-    """Build this worker process's engine and supervisor (once)."""
+def init_supervisor(app: Celery, hostname: str | None = None) -> Supervisor:
+    """Build this worker process's engine and supervisor (once); app sends its wake-ups."""
     global _supervisor
     if _supervisor is None:
         settings = get_settings()
@@ -52,11 +56,11 @@ def device_check() -> dict[str, Any]:
         return {"ok": False, "device": "?", "gpu_name": None, "detail": f"check failed: {exc}"}
 
 
-def start_worker_duties(hostname: str | None, queues: Sequence[str]) -> bool:
+def start_worker_duties(app: Celery, hostname: str | None, queues: Sequence[str]) -> bool:
     """Check the device, register in SQL, start the maintenance thread; False if the check
     failed."""
     global _maintenance
-    supervisor = init_supervisor(hostname)
+    supervisor = init_supervisor(app, hostname)
     verdict = device_check()
     state = "ready" if verdict["ok"] else "device_failed"
     with transaction(supervisor.factory) as session:
@@ -85,8 +89,8 @@ def request_shutdown() -> None:
         _maintenance.stop()
 
 
-@app.task(name=WAKE_TASK, acks_late=True, ignore_result=True)
+@shared_task(name=WAKE_TASK, acks_late=True, ignore_result=True)
 def wake(job_id: str) -> str | None:
     """A job waits in this worker's queue: run the most urgent one."""
-    claimed = init_supervisor(wake.request.hostname).wake(job_id)
+    claimed = init_supervisor(wake.app, wake.request.hostname).wake(job_id)
     return claimed[0] if claimed else None

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.admission import Admission
 from app.blobstore import BlobStore
 from app.core.errors import Unauthorized
-from app.services import keys
+from app.services import dispatch, keys
+from app.services.unit_of_work import UnitOfWork
 from app.settings import Settings
+
+# Methods whose unit of work only reads; the others take the write lock up front.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_settings(request: Request) -> Settings:
@@ -23,11 +29,32 @@ def get_sessionmaker(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessionmaker  # type: ignore[no-any-return]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request: commit on success, roll back on error."""
-    factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with factory() as session, session.begin():
-        yield session
+def get_admission(request: Request) -> Admission:
+    return request.app.state.admission  # type: ignore[no-any-return]
+
+
+async def get_uow(request: Request) -> AsyncIterator[UnitOfWork]:
+    """The request's one session: commit on success (then wake-ups), roll back on error.
+
+    Admission comes first, so a request refused with 503 did nothing. The
+    session is made here but touches the database only when a route (or auth)
+    first uses it; with scope="function" the commit runs before the response
+    is sent, so a 2xx means committed.
+    """
+    state = request.app.state
+    engine = state.engine if request.method in READ_METHODS else state.write_engine
+    async with state.admission.slot():
+        uow = UnitOfWork(state.sessionmaker(bind=engine))
+        try:
+            yield uow
+        except BaseException:
+            await run_in_threadpool(dispatch.discard, uow)
+            raise
+        await run_in_threadpool(dispatch.commit_and_wake, uow, state.celery, state.settings)
+
+
+def get_session(uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")]) -> Session:
+    return uow.session
 
 
 def get_blobstore(request: Request) -> BlobStore:
@@ -35,15 +62,11 @@ def get_blobstore(request: Request) -> BlobStore:
 
 
 def get_celery(request: Request) -> Celery:
-    return request.app.state.celery  # type: ignore[no-any-return]
+    return request.app.state.celery
 
 
-def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settings)],
-              authorization: Annotated[str | None, Header()] = None) -> str:
-    """The caller's identity: the owner of its bearer token, else the default owner.
-
-    With TRAINERY_AUTH_REQUIRED a request without a valid token is refused.
-    """
+def _owner(settings: Settings, authorization: str | None,
+           lookup: Callable[[str], str | None]) -> str:
     if authorization is None:
         if settings.auth_required:
             raise Unauthorized("this service needs an API key: send Authorization: Bearer <key>")
@@ -51,17 +74,46 @@ def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settin
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
-    factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with factory() as session:
-        owner = keys.owner_for(session, token.strip())
+    owner = lookup(token.strip())
     if owner is None:
         raise Unauthorized("unknown or revoked API key")
     return owner
 
 
+def get_owner(uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")],
+              settings: Annotated[Settings, Depends(get_settings)],
+              authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's identity, read in the request's own session: its token's owner, else
+    the default owner; with TRAINERY_AUTH_REQUIRED a request without a valid token is refused."""
+    return _owner(settings, authorization, lambda token: keys.owner_for(uow.session, token))
+
+
+async def get_uploader(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+                       authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's identity for a route that streams a long body and so holds no unit of work.
+
+    An upload can take minutes; holding an admission slot (and a connection)
+    for all of it would let a few uploads shut everyone else out, so the key is
+    checked in a short admitted session of its own.
+    """
+    admission: Admission = request.app.state.admission
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+
+    def lookup(token: str) -> str | None:
+        with factory() as session:
+            return keys.owner_for(session, token)
+
+    if authorization is None:
+        return _owner(settings, None, lookup)
+    async with admission.slot():
+        return await run_in_threadpool(_owner, settings, authorization, lookup)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 BlobStoreDep = Annotated[BlobStore, Depends(get_blobstore)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+UploaderDep = Annotated[str, Depends(get_uploader)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from app.core.spec import FIELD_MARK
+from app.core.spec import FIELD_MARK, layer_tags
 
 
 class DomainError(Exception):
@@ -61,6 +61,17 @@ class ExportUnavailable(NotFound):
     code = "export_unavailable"
 
 
+class ServiceBusy(DomainError):
+    """Too many requests wait for the database; the client should retry after retry_after_s."""
+
+    status_code = 503
+    code = "service_busy"
+
+    def __init__(self, detail: Any, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidInput(DomainError):
     """A request that parsed but cannot be served; detail lists the offending fields."""
 
@@ -95,10 +106,7 @@ def _strip_union_tags(loc: Sequence[Any]) -> list[str | int]:
     return out
 
 
-_LAYER_TAGS = {
-    "dense", "conv2d", "maxpool2d", "avgpool2d", "global_avgpool", "flatten", "dropout",
-    "batchnorm", "activation", "residual",
-}
+_LAYER_TAGS = layer_tags()
 
 
 def validation_problems(errors: Iterable[Any],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -114,12 +114,21 @@ LayerSpec = Annotated[
     Field(discriminator="type"),
 ]
 
-PRESETS = ("mlp", "lenet5", "resnet8", "airbench")
+# The one list of presets: the spec, its error messages and the README (checked by a test).
+Preset = Literal["mlp", "lenet5", "resnet8", "airbench"]
+PRESETS: tuple[str, ...] = get_args(Preset)
+
+
+def layer_tags() -> frozenset[str]:
+    """Every layer `type` the LayerSpec union accepts, read from the union itself."""
+    members = get_args(get_args(LayerSpec)[0])
+    return frozenset(tag for layer in members
+                     for tag in get_args(layer.model_fields["type"].annotation))
 
 
 class ModelSpec(StrictModel):
     layers: list[LayerSpec] | None = Field(None, min_length=1)
-    preset: Literal["mlp", "lenet5", "resnet8", "airbench"] | None = None
+    preset: Preset | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.blobstore import BlobStore
+from app.core.dataset_arrays import write_normalised
 from app.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, problem
 from app.core.spec import JobSpec
 from app.core.states import TERMINAL_STATES
@@ -20,6 +21,7 @@ from app.db import transaction
 from app.models import Dataset, Job
 from app.schemas.datasets import UploadedDatasetPublic
 from app.services import dataset_formats as formats
+from app.services.dataset_options import UploadOptions, parse_options
 from app.settings import Settings
 
 READ_CHUNK = 1 << 20
@@ -35,7 +37,7 @@ class DatasetInUse(Conflict):
     code = "dataset_in_use"
 
 
-def dataset_id(owner: str, sha256: str, options: formats.UploadOptions) -> str:
+def dataset_id(owner: str, sha256: str, options: UploadOptions) -> str:
     """The content address: the same bytes read the same way by the same owner are one dataset."""
     key = json.dumps([owner, sha256, options.as_dict()], sort_keys=True)
     return "ds_" + hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -65,7 +67,7 @@ def create_from_upload(factory: sessionmaker[Session], blobs: BlobStore, setting
                        owner: str, upload: IO[bytes], filename: str,
                        fields: dict[str, str]) -> tuple[Dataset, bool]:
     """Validate, normalise and store an upload; (dataset, created). Blocks: run it off the loop."""
-    options = formats.parse_options(filename, fields)
+    options = parse_options(filename, fields)
     name = (fields.get("name") or "").strip() or filename.rsplit("/", 1)[-1] or "dataset"
     description = (fields.get("description") or "").strip()
     for field, value, most in (("name", name, MAX_NAME),
@@ -83,7 +85,7 @@ def create_from_upload(factory: sessionmaker[Session], blobs: BlobStore, setting
                                   settings.limits.max_sample_elements)
     data = formats.parse(upload, options, bounds)
     with tempfile.TemporaryFile(prefix="trainery-dataset-") as normalised:
-        formats.write_normalised(data, normalised)
+        write_normalised(data, normalised)
         info = blobs.write(_chunks(normalised), owner=owner, kind="dataset")
     row = Dataset(
         id=ds_id, owner=owner, name=name, description=description, format=options.format,
@@ -135,21 +137,19 @@ def jobs_using(session: Session, ds_id: str, owner: str) -> list[str]:
     return list(session.scalars(stmt))
 
 
-def delete_dataset(factory: sessionmaker[Session], blobs: BlobStore, ds_id: str,
-                   owner: str) -> None:
-    """Remove the dataset and its blob; 409 while an unfinished job trains on it."""
-    with transaction(factory) as session:
-        row = session.scalar(select(Dataset).where(Dataset.id == ds_id, Dataset.owner == owner)
-                             .with_for_update())
-        if row is None:
-            raise DatasetNotFound(f"no dataset with id {ds_id!r}")
-        users = jobs_using(session, ds_id, owner)
-        if users:
-            raise DatasetInUse(f"dataset {ds_id} is used by unfinished job(s) "
-                               + ", ".join(users[:10]) + "; cancel them or wait until they end")
-        blob_id = row.blob_id
-        session.delete(row)
-    blobs.delete(blob_id)
+def delete_dataset(session: Session, ds_id: str, owner: str) -> None:
+    """Remove the dataset and its blob in session; 409 while an unfinished job trains on it."""
+    row = session.scalar(select(Dataset).where(Dataset.id == ds_id, Dataset.owner == owner)
+                         .with_for_update())
+    if row is None:
+        raise DatasetNotFound(f"no dataset with id {ds_id!r}")
+    users = jobs_using(session, ds_id, owner)
+    if users:
+        raise DatasetInUse(f"dataset {ds_id} is used by unfinished job(s) "
+                           + ", ".join(users[:10]) + "; cancel them or wait until they end")
+    session.delete(row)
+    session.flush()
+    BlobStore.delete_in(session, [row.blob_id])
 
 
 def check_job_dataset(session: Session, spec: JobSpec, owner: str) -> None:

@@ -28,6 +28,7 @@ from app.core.states import JobStatus
 from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent
 from app.schemas.jobs import JobError, JobPublic, Progress
 from app.services import datasets, lifecycle, workers
+from app.services.unit_of_work import UnitOfWork
 from app.settings import Limits
 
 
@@ -78,9 +79,12 @@ def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> No
         raise InvalidInput(problems)
 
 
-def submit(session: Session, spec: JobSpec, *, owner: str, limits: Limits,
+def submit(uow: UnitOfWork, spec: JobSpec, *, owner: str, limits: Limits,
            idempotency_key: str | None, max_gpus_per_job: int = 1) -> tuple[Job, bool]:
-    """Store a new queued job; (job, created). A repeated idempotency key returns the first job."""
+    """Store a new queued job and wake a worker after the commit; (job, created).
+
+    A repeated idempotency key returns the first job (and wakes nobody)."""
+    session = uow.session
     check_limits(spec, limits, max_gpus_per_job)
     datasets.check_job_dataset(session, spec, owner)
     spec_json = spec.model_dump(mode="json", exclude_none=True)
@@ -101,6 +105,7 @@ def submit(session: Session, spec: JobSpec, *, owner: str, limits: Limits,
         if existing is None:
             raise
         return _replay(existing, spec_json), False
+    uow.wake_after_commit(job.id, job.queue)
     return job, True
 
 
@@ -118,7 +123,8 @@ def _replay(job: Job, spec_json: dict[str, Any]) -> Job:
 
 def get_job(session: Session, job_id: str, owner: str) -> Job:
     """The job, or JobNotFound."""
-    job = session.get(Job, job_id)
+    # populate_existing: a route that just changed the job with an UPDATE reads it fresh.
+    job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.owner != owner:
         raise JobNotFound(f"no job with id {job_id!r}")
     return job
@@ -134,12 +140,14 @@ def cancel(session: Session, job_id: str, owner: str) -> str:
     return status
 
 
-def retry(session: Session, job_id: str, owner: str) -> Job:
-    """Queue a failed or cancelled job again, or InvalidTransition."""
-    job = get_job(session, job_id, owner)
-    if not lifecycle.retry(session, job.id):
+def retry(uow: UnitOfWork, job_id: str, owner: str) -> Job:
+    """Queue a failed or cancelled job again (a worker is woken after the commit), or
+    InvalidTransition."""
+    job = get_job(uow.session, job_id, owner)
+    if not lifecycle.retry(uow.session, job.id):
         raise InvalidTransition(f"job {job.id} is {job.status}; only failed or cancelled jobs "
                                 "can be retried")
+    uow.wake_after_commit(job.id, job.queue)
     return job
 
 
@@ -178,6 +186,17 @@ def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
 
 def to_public(session: Session, job: Job, lost_after_s: float = 30.0) -> JobPublic:
     """The job as the API shows it."""
+    return to_public_page(session, [job], lost_after_s)[0]
+
+
+def to_public_page(session: Session, jobs: list[Job], lost_after_s: float = 30.0
+                   ) -> list[JobPublic]:
+    """Jobs as the API shows them; pending reasons for the whole page in a fixed few queries."""
+    reasons = workers.pending_reasons(session, jobs, lost_after_s)
+    return [_public(job, reasons.get(job.id)) for job in jobs]
+
+
+def _public(job: Job, pending_reason: str | None) -> JobPublic:
     error = (JobError(type=job.error_type, message=job.error_message or "")
              if job.error_type else None)
     return JobPublic(
@@ -186,9 +205,7 @@ def to_public(session: Session, job: Job, lost_after_s: float = 30.0) -> JobPubl
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
         finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
         progress=Progress(epoch=job.progress_epoch, epochs=job.progress_epochs),
-        metrics=job.metrics, best=job.best, error=error,
-        pending_reason=(workers.pending_reason(session, job, lost_after_s)
-                        if job.status == JobStatus.QUEUED.value else None),
+        metrics=job.metrics, best=job.best, error=error, pending_reason=pending_reason,
         spec=job.spec)
 
 

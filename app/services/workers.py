@@ -64,24 +64,39 @@ def live(session: Session, lost_after_s: float) -> list[WorkerRecord]:
     return rows
 
 
-def pending_reason(session: Session, job: Job, lost_after_s: float) -> str:
-    """Why a queued job waits, in words a person can act on."""
-    ahead = session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.queue == job.queue, Job.status == JobStatus.QUEUED.value, Job.id != job.id,
-            (Job.priority > job.priority)
-            | ((Job.priority == job.priority) & (Job.created_at <= job.created_at))))
-    serving = [w for w in live(session, lost_after_s) if job.queue in w.queues]
+def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> dict[str, str]:
+    """Why each queued job of jobs waits, in words a person can act on; three statements.
+
+    One window query ranks every queued job of the page's queues (priority,
+    then age), one reads the live fleet: a page of 50 costs what a page of 1 does.
+    """
+    queued = [j for j in jobs if j.status == JobStatus.QUEUED.value]
+    if not queued:
+        return {}
+    position = func.row_number().over(
+        partition_by=Job.queue, order_by=(Job.priority.desc(), Job.created_at, Job.id))
+    ranked = (select(Job.id.label("id"), position.label("position"))
+              .where(Job.status == JobStatus.QUEUED.value,
+                     Job.queue.in_({j.queue for j in queued}))
+              .subquery())
+    positions = dict(session.execute(
+        select(ranked.c.id, ranked.c.position)
+        .where(ranked.c.id.in_([j.id for j in queued]))).tuples().all())
+    fleet = live(session, lost_after_s)
+    return {j.id: _reason(j.queue, max(int(positions.get(j.id, 1)) - 1, 0), fleet)
+            for j in queued}
+
+
+def _reason(queue: str, ahead: int, fleet: list[WorkerRecord]) -> str:
+    serving = [w for w in fleet if queue in w.queues]
     ready = [w for w in serving if w.state == "ready"]
     if not ready:
         broken = f" ({len(serving)} failed their device check)" if serving else ""
-        return f"no live worker serves queue {job.queue}{broken}"
+        return f"no live worker serves queue {queue}{broken}"
     busy = sum(1 for w in ready if w.current_job)
-    kind = "GPU" if job.queue.startswith(GPU_QUEUE) else "CPU/GPU"
+    kind = "GPU" if queue.startswith(GPU_QUEUE) else "CPU/GPU"
     if busy < len(ready):
-        return (f"{ahead} job(s) ahead in queue {job.queue}; "
+        return (f"{ahead} job(s) ahead in queue {queue}; "
                 f"{len(ready) - busy} of {len(ready)} {kind} workers idle, starting soon")
     state = "busy" if len(ready) == 1 else "all busy"
-    return (f"{ahead} job(s) ahead in queue {job.queue}; {len(ready)} {kind} worker(s), {state}")
-
-
+    return f"{ahead} job(s) ahead in queue {queue}; {len(ready)} {kind} worker(s), {state}"

@@ -162,8 +162,6 @@ def test_dataset_commands(cli: Cli, tmp_path: Path) -> None:
     data.write_text("rooms,price\n" + "".join(f"{i},{i * 1.5}\n" for i in range(1, 21)))
     uploaded = cli("datasets", "upload", str(data), "--target", "price", "--task",
                    "regression", "--json")
-    if uploaded.exit_code == 3 and "method_not_allowed" in uploaded.stderr:
-        pytest.skip("POST /v1/datasets is not served yet; dataset uploads are another issue")
     assert uploaded.exit_code == 0, uploaded.output
     dataset = json.loads(uploaded.stdout)
     assert dataset["task"] == "regression" and dataset["n_samples"] == 20

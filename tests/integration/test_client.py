@@ -28,7 +28,6 @@ from trainery_client import (
     ModelNotReady,
     NotFound,
     RetryPolicy,
-    TraineryError,
     ValidationFailed,
 )
 
@@ -207,13 +206,7 @@ def test_datasets(sdk: Client, tmp_path: Path) -> None:
     data = tmp_path / "points.csv"
     rows = "".join(f"{i / 10},{i % 5 / 5},{i % 2}\n" for i in range(20))
     data.write_text("x1,x2,label\n" + rows)
-    try:
-        uploaded = sdk.upload_dataset(data, name="points", target="label")
-    except TraineryError as exc:
-        if exc.status_code in (404, 405):
-            pytest.skip(f"POST /v1/datasets is not served yet ({exc.status_code}); "
-                        "dataset uploads are another issue")
-        raise
+    uploaded = sdk.upload_dataset(data, name="points", target="label")
     assert uploaded.id.startswith("ds_") and uploaded.format == "csv"
     assert uploaded.n_samples == 20 and uploaded.feature_names == ["x1", "x2"]
     assert uploaded.sha256 == hashlib.sha256(data.read_bytes()).hexdigest()

@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.core.dataset_arrays import DatasetArrays, read_normalised, write_normalised
 from app.core.errors import InvalidInput, PayloadTooLarge
 from app.services import dataset_formats as formats
+from app.services.dataset_formats.archive import Budget, read_member
+from app.services.dataset_options import parse_options
 from tests.dataset_files import (
     SHAPES,
     blobs,
@@ -29,8 +32,8 @@ BOUNDS = formats.UploadBounds(max_unpacked_bytes=4_000_000, max_files=1000,
 
 
 def parse(data: bytes, fmt: str, bounds: formats.UploadBounds = BOUNDS,
-          **fields: str) -> formats.DatasetArrays:
-    options = formats.parse_options(f"upload.{fmt}", fields)
+          **fields: str) -> DatasetArrays:
+    options = parse_options(f"upload.{fmt}", fields)
     return formats.parse(io.BytesIO(data), options, bounds)
 
 
@@ -277,7 +280,7 @@ def test_zip_bomb_is_refused_by_its_directory_and_while_reading() -> None:
     assert "corrupt" in refused(bytes(liar), "zip")["message"]
     # And the bytes a read inflates are counted as they come.
     with zipfile.ZipFile(io.BytesIO(bomb)) as zf, pytest.raises(PayloadTooLarge):
-        formats._read_member(zf, zf.getinfo("dog/2.png"), formats._Budget(1_000_000))
+        read_member(zf, zf.getinfo("dog/2.png"), Budget(1_000_000))
 
 
 def test_decoded_images_and_file_count_are_bounded() -> None:
@@ -306,22 +309,22 @@ def test_decoded_images_and_file_count_are_bounded() -> None:
 ])
 def test_bad_options_name_their_field(filename: str, fields: dict[str, str], path: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        formats.parse_options(filename, fields)
+        parse_options(filename, fields)
     assert [p["path"] for p in info.value.detail] == [path]
 
 
 def test_format_field_wins_over_the_file_name() -> None:
-    assert formats.parse_options("blob.bin", {"format": "NPZ"}).format == "npz"
-    assert formats.parse_options("x.zip", {"image_size": "28x32"}).image_size == (28, 32)
+    assert parse_options("blob.bin", {"format": "NPZ"}).format == "npz"
+    assert parse_options("x.zip", {"image_size": "28x32"}).image_size == (28, 32)
 
 
 def test_normalised_round_trip() -> None:
     payload, *_ = flower_csv(30)
     data = parse(payload, "csv", target="species")
     buffer = io.BytesIO()
-    formats.write_normalised(data, buffer)
+    write_normalised(data, buffer)
     buffer.seek(0)
-    back = formats.read_normalised(buffer)
+    back = read_normalised(buffer)
     assert back.task == data.task and back.class_names == data.class_names
     assert back.feature_names == data.feature_names and back.x_val is None
     np.testing.assert_array_equal(back.x, data.x)

@@ -12,15 +12,18 @@ from app.db import transaction
 from app.models import EpochMetrics, Job, JobEvent, utcnow
 from app.services import jobs as job_service
 from app.services import lifecycle
+from app.services.unit_of_work import UnitOfWork, Wakeup
 from app.settings import Limits
 from tests.specs import tiny_spec
 
 
 def new_job(factory: sessionmaker[Session], **spec: object) -> str:
     with transaction(factory) as session:
-        job, created = job_service.submit(session, JobSpec.model_validate(tiny_spec(**spec)),
+        uow = UnitOfWork(session)
+        job, created = job_service.submit(uow, JobSpec.model_validate(tiny_spec(**spec)),
                                           owner="o", limits=Limits(), idempotency_key=None)
         assert created
+        assert uow.wakeups == [Wakeup(job.id, job.queue)]
         return job.id
 
 

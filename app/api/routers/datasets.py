@@ -9,7 +9,14 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.api.deps import BlobStoreDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
+from app.api.deps import (
+    BlobStoreDep,
+    OwnerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    UploaderDep,
+)
 from app.core.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
 from app.core.errors import Conflict, InvalidInput, PayloadTooLarge, problem
 from app.schemas.datasets import DatasetsPublic, UploadedDatasetPublic
@@ -86,7 +93,7 @@ async def _read_form(request: Request, limit: int) -> FormData:
                                              "TRAINERY_MAX_UNPACKED_BYTES"}})
 async def upload_dataset(request: Request, response: Response, factory: SessionFactoryDep,
                          blobs: BlobStoreDep, settings: SettingsDep,
-                         owner: OwnerDep) -> UploadedDatasetPublic:
+                         owner: UploaderDep) -> UploadedDatasetPublic:
     """Upload a dataset (multipart: `file` and optional fields); 201 new, 200 already stored."""
     form = await _read_form(request, settings.max_upload_bytes)
     try:
@@ -132,10 +139,9 @@ def get_dataset(dataset_id: str, session: SessionDep,
 
 @router.delete("/{dataset_id}", status_code=204,
                responses={409: {"description": "an unfinished job trains on it"}})
-def delete_dataset(dataset_id: str, factory: SessionFactoryDep, blobs: BlobStoreDep,
-                   owner: OwnerDep) -> Response:
+def delete_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> Response:
     """Delete an uploaded dataset and its stored data."""
     if dataset_id in BUILTIN_NAMES:
         raise Conflict(f"{dataset_id!r} is a builtin dataset; only uploads can be deleted")
-    dataset_service.delete_dataset(factory, blobs, dataset_id, owner)
+    dataset_service.delete_dataset(session, dataset_id, owner)
     return Response(status_code=204)

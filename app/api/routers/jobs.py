@@ -13,18 +13,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import (
     BlobStoreDep,
-    CeleryDep,
     OwnerDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
+    UnitOfWorkDep,
 )
 from app.core.errors import ModelNotReady
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
-from app.db import transaction
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
-from app.services import dispatch
 from app.services import jobs as job_service
 from app.settings import Settings
 
@@ -35,43 +33,34 @@ SSE_KEEPALIVE_S = 15.0
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-def submit_job(spec: JobSpec, response: Response, factory: SessionFactoryDep,
-               settings: SettingsDep, celery: CeleryDep, owner: OwnerDep,
+def submit_job(spec: JobSpec, response: Response, uow: UnitOfWorkDep, settings: SettingsDep,
+               owner: OwnerDep,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
-    """Store the job, then (after the commit) wake a worker."""
-    with transaction(factory) as session:
-        job, created = job_service.submit(session, spec, owner=owner, limits=settings.limits,
-                                          idempotency_key=idempotency_key,
-                                          max_gpus_per_job=settings.max_gpus_per_job)
-    if created:
-        dispatch.wake(factory, celery, settings, job.id, job.queue)
+    """Store the job; a worker is woken once the request's unit of work has committed."""
+    job, created = job_service.submit(uow, spec, owner=owner, limits=settings.limits,
+                                      idempotency_key=idempotency_key,
+                                      max_gpus_per_job=settings.max_gpus_per_job)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    with factory() as session:
-        return _public(session, job.id, owner, settings)
+    return _public(uow.session, job.id, owner, settings)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
-def cancel_job(job_id: str, factory: SessionFactoryDep, settings: SettingsDep,
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep,
                owner: OwnerDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops at its next batch."""
-    with transaction(factory) as session:
-        job_service.cancel(session, job_id, owner)
-    with factory() as session:
-        return _public(session, job_id, owner, settings)
+    job_service.cancel(session, job_id, owner)
+    return _public(session, job_id, owner, settings)
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobPublic)
-def retry_job(job_id: str, factory: SessionFactoryDep, settings: SettingsDep, celery: CeleryDep,
+def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
               owner: OwnerDep) -> JobPublic:
     """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
-    with transaction(factory) as session:
-        job = job_service.retry(session, job_id, owner)
-    dispatch.wake(factory, celery, settings, job.id, job.queue)
-    with factory() as session:
-        return _public(session, job_id, owner, settings)
+    job_service.retry(uow, job_id, owner)
+    return _public(uow.session, job_id, owner, settings)
 
 
 @router.get("", response_model=JobsPublic)
@@ -82,8 +71,8 @@ def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep,
     """Jobs newest first, a page at a time."""
     page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
                                               cursor=cursor)
-    return JobsPublic(data=[job_service.to_public(session, j, settings.worker_lost_after_s)
-                            for j in page],
+    return JobsPublic(data=job_service.to_public_page(session, page,
+                                                      settings.worker_lost_after_s),
                       next_cursor=next_cursor)
 
 
@@ -109,17 +98,17 @@ def _event_public(event: Any) -> EventPublic:
 
 
 @router.get("/{job_id}/events", response_model=list[EventPublic])
-def get_events(job_id: str, request: Request, factory: SessionFactoryDep, owner: OwnerDep,
-               after: Annotated[int, Query(ge=0)] = 0,
+def get_events(job_id: str, request: Request, session: SessionDep, factory: SessionFactoryDep,
+               owner: OwnerDep, after: Annotated[int, Query(ge=0)] = 0,
                last_event_id: Annotated[str | None, Header()] = None) -> Any:
     """State changes and log lines in order; `Accept: text/event-stream` follows them live."""
-    with factory() as session:
-        job = job_service.get_job(session, job_id, owner)
-        if "text/event-stream" not in request.headers.get("accept", ""):
-            return [_event_public(e) for e in job_service.events(session, job, after)]
+    job = job_service.get_job(session, job_id, owner)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return [_event_public(e) for e in job_service.events(session, job, after)]
     start = after
     if last_event_id and last_event_id.isdigit():
         start = max(start, int(last_event_id))
+    # The stream outlives the request's unit of work: it polls in short sessions.
     return StreamingResponse(_event_stream(factory, job_id, owner, start, request),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
