@@ -8,10 +8,13 @@ before a job arrives).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
 
 from app.core.spec import JobSpec
 from workers.datasets import Dataset
+from workers.modelspec import ResolvedLayer
 from workers.reporting import JobReporter
 
 # The spec's `framework` -> the module that implements `Framework` for it.
@@ -19,6 +22,18 @@ FRAMEWORKS = {
     "pytorch": "workers.runners.pytorch.framework",
     "keras": "workers.runners.tfkeras.framework",
 }
+
+
+class ModelArgs(NamedTuple):
+    """Both frameworks' build_model arguments: the layers, shapes and normalisation."""
+
+    layers: list[ResolvedLayer]
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    mean: np.ndarray
+    std: np.ndarray
+    y_mean: np.ndarray | None
+    y_std: np.ndarray | None
 
 
 class Framework(Protocol):
@@ -32,12 +47,12 @@ class Framework(Protocol):
         """Use the device the worker verified and seed the framework; a device handle."""
         ...
 
-    def make_backend(self, spec: JobSpec, data: Dataset, model_args: tuple[Any, ...],
+    def make_backend(self, spec: JobSpec, data: Dataset, model_args: ModelArgs,
                      device: Any) -> Any:
         """Build the model from build_model's model_args and the loop's backend for it."""
         ...
 
-    def export(self, spec: JobSpec, data: Dataset, backend: Any, model_args: tuple[Any, ...],
+    def export(self, spec: JobSpec, data: Dataset, backend: Any, model_args: ModelArgs,
                reporter: JobReporter, onnx_fault: bool) -> dict[str, Any]:
         """Store the trained model's downloads; what the model card adds about them."""
         ...
@@ -49,4 +64,4 @@ def preload(framework: str) -> Framework:
         name = FRAMEWORKS[framework]
     except KeyError:
         raise ValueError(f"unknown framework {framework!r}; known: {sorted(FRAMEWORKS)}") from None
-    return importlib.import_module(name)  # type: ignore[return-value]
+    return importlib.import_module(name)

@@ -10,7 +10,7 @@ from workers import dataset_cache, datasets
 from workers.callbacks import Callback, standard_callbacks
 from workers.modelspec import resolve
 from workers.reporting import JobReporter
-from workers.runners import preload
+from workers.runners import ModelArgs, preload
 from workers.runners.common import StopFlag, model_card, resume_from_latest
 from workers.training.loop import TrainingLoop
 
@@ -31,8 +31,8 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
     y_mean = y_std = None
     if spec.task == "regression":
         y_mean, y_std = datasets.target_stats(data.y_train)
-    model_args = (resolve(spec.model, data.sample_shape), data.sample_shape, data.num_outputs,
-                  mean, std, y_mean, y_std)
+    model_args = ModelArgs(resolve(spec.model, data.sample_shape), data.sample_shape,
+                           data.num_outputs, mean, std, y_mean, y_std)
     backend = framework.make_backend(spec, data, model_args, handle)
     if backend.precision_note:
         reporter.event(backend.precision_note, {"precision": spec.training.precision})

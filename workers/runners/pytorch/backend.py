@@ -223,7 +223,7 @@ class TorchBackend:
         return saved.to(self.device)
 
     def values(self, total: torch.Tensor) -> list[float]:
-        return total.tolist()  # type: ignore[no-any-return]
+        return total.tolist()
 
     def _sums(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """[loss * n, metric sums...] for one batch, in float64."""

@@ -11,6 +11,7 @@ import torch
 from app.core.spec import JobSpec
 from workers.datasets import Dataset
 from workers.reporting import JobReporter
+from workers.runners import ModelArgs
 from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.pytorch.backend import TorchBackend, resolve_device
 from workers.runners.pytorch.build import build_model
@@ -31,13 +32,13 @@ def setup(spec: JobSpec, device: str) -> torch.device:
     return resolve_device(device)
 
 
-def make_backend(spec: JobSpec, data: Dataset, model_args: tuple[Any, ...],
+def make_backend(spec: JobSpec, data: Dataset, model_args: ModelArgs,
                  device: torch.device) -> TorchBackend:
     """The model for model_args, on device, in a backend."""
     return TorchBackend(spec, build_model(*model_args), data, device)
 
 
-def export(spec: JobSpec, data: Dataset, backend: TorchBackend, model_args: tuple[Any, ...],
+def export(spec: JobSpec, data: Dataset, backend: TorchBackend, model_args: ModelArgs,
            reporter: JobReporter, onnx_fault: bool) -> dict[str, Any]:
     """TorchScript, safetensors and ONNX; the model card's notes on them."""
     model = backend.model

@@ -10,6 +10,7 @@ import tensorflow as tf
 from app.core.spec import JobSpec
 from workers.datasets import Dataset
 from workers.reporting import JobReporter
+from workers.runners import ModelArgs
 from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.tfkeras.backend import KerasBackend, configure_devices, dtype_policy_for
 from workers.runners.tfkeras.build import build_model
@@ -31,14 +32,14 @@ def setup(spec: JobSpec, device: str) -> Any | None:
     return gpu
 
 
-def make_backend(spec: JobSpec, data: Dataset, model_args: tuple[Any, ...],
+def make_backend(spec: JobSpec, data: Dataset, model_args: ModelArgs,
                  gpu: Any | None) -> KerasBackend:
     """The model for model_args, in the dtype policy the precision gets on this device."""
     policy, note = dtype_policy_for(spec.training.precision, gpu)
     return KerasBackend(spec, build_model(*model_args, policy=policy), data, policy, note)
 
 
-def export(spec: JobSpec, data: Dataset, backend: KerasBackend, model_args: tuple[Any, ...],
+def export(spec: JobSpec, data: Dataset, backend: KerasBackend, model_args: ModelArgs,
            reporter: JobReporter, onnx_fault: bool) -> dict[str, Any]:
     """The .keras file and ONNX; the model card's notes on them."""
     exported = backend.model
