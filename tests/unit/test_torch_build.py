@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from app.core.spec import JobSpec, ModelSpec
 from workers.callbacks import BestTracker, Callback, CallbackList, Logs, Trainer
@@ -16,6 +18,7 @@ from workers.modelspec import resolve, same_padding
 from workers.runners.common import StopRequested
 from workers.runners.pytorch.backend import TorchBackend
 from workers.runners.pytorch.build import build_model
+from workers.runners.pytorch.export import torchscript_bytes
 from workers.training.loop import TrainingLoop
 
 LAYERS: list[dict[str, Any]] = [
@@ -208,3 +211,24 @@ def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
     for a, b in zip(weights(straight), weights(resumed), strict=True):
         assert torch.equal(a, b)
     assert resumed_logs["loss"] == straight_logs["loss"]
+
+
+class Unscriptable(nn.Module):
+    """A forward TorchScript cannot compile (a generator expression), which tracing handles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + sum(x[:, i:i + 1] for i in range(3))
+
+
+def test_torchscript_says_why_scripting_failed_when_it_falls_back_to_tracing() -> None:
+    model, x = Unscriptable(), torch.ones(2, 3)
+    payload, script_error = torchscript_bytes(model, x)
+    assert script_error  # the reason the job's events and model card carry
+    loaded = torch.jit.load(io.BytesIO(payload))
+    assert torch.allclose(loaded(x), model(x))
+    _, none = torchscript_bytes(nn.Linear(3, 2), x)
+    assert none == ""
