@@ -1,6 +1,6 @@
 """Trainery's runner against a tuned standalone PyTorch loop on the airbench preset (GPU).
 
-(a) the runner's TorchTrainer with the standard callbacks writing metrics and
+(a) the runner's training loop with the standard callbacks writing metrics and
 checkpoints to a real SQLite store, training the `airbench` preset, against (b) a
 hand-written airbench-style loop of the same network as its own nn.Module: data
 normalised once and kept on the device as NCHW channels-last, bf16 autocast, fused
@@ -32,7 +32,7 @@ from bench.timing import EpochRecord, compare, load_average, rounds
 from workers import datasets
 from workers.datasets import Dataset
 from workers.modelspec import AIRBENCH_WIDTHS
-from workers.runners.pytorch.trainer import autocast_dtype, pick_device
+from workers.runners.pytorch.backend import autocast_dtype
 
 TARGET_RATIO = 0.90
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
-    device = torch.device("cpu") if args.device == "cpu" else pick_device()
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     spec = job_spec(args)
     data = datasets.load(spec.dataset)
     gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""

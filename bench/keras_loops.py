@@ -1,4 +1,4 @@
-"""Keras loops for the benchmarks: the runner's KerasTrainer on a real store, and model.fit."""
+"""Keras loops for the benchmarks: the runner's loop and backend on a real store, and model.fit."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from workers import datasets
 from workers.callbacks import CallbackList, EpochRecorder, standard_callbacks
 from workers.datasets import Dataset
 from workers.modelspec import resolve
+from workers.runners.tfkeras.backend import KerasBackend, make_loss, make_optimizer
 from workers.runners.tfkeras.build import build_model
-from workers.runners.tfkeras.trainer import KerasTrainer, make_loss, make_optimizer
+from workers.training.loop import TrainingLoop
 
 
 def build(spec: JobSpec, data: Dataset, policy: str) -> keras.Model:
@@ -33,13 +34,13 @@ def build(spec: JobSpec, data: Dataset, policy: str) -> keras.Model:
 
 
 def trainery_run(spec: JobSpec, data: Dataset, model: keras.Model, policy: str,
-                 name: str = "(a) Trainery KerasTrainer") -> LoopResult:
+                 name: str = "(a) Trainery loop, keras backend") -> LoopResult:
     """The runner's trainer with the standard callbacks writing to a real SQLite store."""
     with claimed_job(spec) as reporter:
         callbacks, _ = standard_callbacks(spec, reporter, has_validation=len(data.x_val) > 0)
         clock = EpochClock()
-        trainer = KerasTrainer(spec, model, data, CallbackList([callbacks, clock]), policy=policy)
-        trainer.fit()
+        backend = KerasBackend(spec, model, data, policy)
+        TrainingLoop(spec, backend, CallbackList([callbacks, clock])).fit()
     side = sum(cb.seconds for cb in callbacks.callbacks
                if isinstance(cb, EpochRecorder))
     return LoopResult.of(name, len(data.x_train), clock.epochs, side,

@@ -72,11 +72,10 @@ def run_pytorch(args: argparse.Namespace) -> tuple[Summary, Summary, str]:
     import torch
 
     from bench import torch_loops
-    from workers.runners.pytorch.trainer import pick_device
-
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
-    device = torch.device("cpu") if args.device == "cpu" else pick_device()
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
     spec = job_spec(args, "pytorch")
     data = datasets.load(spec.dataset)
     model = torch_loops.build(spec, data)  # each loop trains a copy: the same initial weights
@@ -84,7 +83,7 @@ def run_pytorch(args: argparse.Namespace) -> tuple[Summary, Summary, str]:
         spec, data, model, device,
         lambda twin: torch_loops.minimal_epochs(spec, data, twin, device),
         reference_first=not runner_first,
-        names=("(a) Trainery TorchTrainer", "(b) minimal PyTorch loop")))
+        names=("(a) Trainery loop, torch backend", "(b) minimal PyTorch loop")))
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
     return runner, reference, f"torch {torch.__version__} on {device}{gpu}{threads}"
@@ -94,14 +93,12 @@ def run_keras(args: argparse.Namespace) -> tuple[Summary, Summary, str]:
     import tensorflow as tf
 
     from bench import keras_loops  # first of this project's: it fixes Keras's backend
-    from workers.runners.tfkeras.trainer import configure_devices, dtype_policy_for
+    from workers.runners.tfkeras.backend import configure_devices, dtype_policy_for
 
-    if args.device == "cpu":
-        tf.config.set_visible_devices([], "GPU")
-
-    gpu = configure_devices()
-    if args.device == "cuda" and gpu is None:
+    if args.device == "cuda" and not tf.config.list_physical_devices("GPU"):
         raise SystemExit("--device cuda: TensorFlow sees no GPU")
+    has_gpu = args.device != "cpu" and bool(tf.config.list_physical_devices("GPU"))
+    gpu = configure_devices("cuda" if has_gpu else "cpu")
     spec = job_spec(args, "keras")
     policy, note = dtype_policy_for(spec.training.precision, gpu)
     data = datasets.load(spec.dataset)

@@ -1,4 +1,4 @@
-"""PyTorch loops for the benchmarks: the runner's TorchTrainer on a real store, a plain one."""
+"""PyTorch loops for the benchmarks: the runner's loop and backend on a real store, a plain one."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from workers import datasets
 from workers.callbacks import CallbackList, EpochRecorder, standard_callbacks
 from workers.datasets import Dataset
 from workers.modelspec import resolve
+from workers.runners.pytorch.backend import TorchBackend, autocast_dtype
 from workers.runners.pytorch.build import build_model
-from workers.runners.pytorch.trainer import TorchTrainer, autocast_dtype
+from workers.training.loop import TrainingLoop
 
 
 def build(spec: JobSpec, data: Dataset) -> nn.Module:
-    """The model the runner builds for spec, from the seed (as workers.runners.pytorch.run)."""
+    """The model the runner builds for spec, from the seed (as the pytorch framework module)."""
     torch.manual_seed(spec.training.seed)
     mean, std = datasets.input_stats(data.x_train)
     return build_model(resolve(spec.model, data.sample_shape), data.sample_shape,
@@ -41,13 +42,13 @@ def interleaved(spec: JobSpec, data: Dataset, model: nn.Module, device: torch.de
         callbacks, _ = standard_callbacks(spec, reporter, has_validation=len(data.x_val) > 0)
         order = [turns, clock] if reference_first else [clock, turns]
         writes = HoldWrites(reporter)
-        trainer = TorchTrainer(spec, copy.deepcopy(model), data, device,
-                               CallbackList([writes.hold, callbacks, *order, writes.release]))
-        trainer.fit()
+        backend = TorchBackend(spec, copy.deepcopy(model), data, device)
+        TrainingLoop(spec, backend,
+                     CallbackList([writes.hold, callbacks, *order, writes.release])).fit()
     side = sum(cb.seconds for cb in callbacks.callbacks
                if isinstance(cb, EpochRecorder))
-    notes = [trainer.precision_note] if trainer.precision_note else []
-    if not trainer.data_on_device:
+    notes = [backend.precision_note] if backend.precision_note else []
+    if not backend.data_on_device:
         notes.append("the data did not fit the device budget: batches streamed from pinned memory")
     n = len(data.x_train)
     return (LoopResult.of(names[0], n, clock.epochs, side, notes,

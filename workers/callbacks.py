@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from app.core.spec import EarlyStoppingSpec, JobSpec
-from app.settings import get_settings
 from workers.reporting import JobReporter
 
 Logs = dict[str, float]
@@ -219,9 +219,10 @@ class EpochRecorder(Callback):
                             "(training was asked to stop)", {"epoch": epoch, "batch": batch})
 
 
-def standard_callbacks(spec: JobSpec, reporter: JobReporter,
-                       has_validation: bool) -> tuple[CallbackList, BestTracker]:
-    """The callbacks every job runs, in the order their effects depend on."""
+def standard_callbacks(spec: JobSpec, reporter: JobReporter, has_validation: bool,
+                       extra: Sequence[Callback] = ()) -> tuple[CallbackList, BestTracker]:
+    """The callbacks every job runs, in the order their effects depend on, then extra
+    (callbacks that tests install: after the recorder, so they can wait for its writes)."""
     if spec.training.early_stopping is not None:
         monitor, mode = (spec.training.early_stopping.monitor,
                          spec.training.early_stopping.resolved_mode)
@@ -235,9 +236,5 @@ def standard_callbacks(spec: JobSpec, reporter: JobReporter,
         callbacks.append(EarlyStopping(spec.training.early_stopping, reporter))
     callbacks.append(EpochRecorder(reporter, tracker, spec.checkpoint.every_epochs,
                                    spec.checkpoint.keep_last))
-    faults = get_settings().fault_injection
-    if faults:
-        from workers.faults import FaultInjector, parse
-
-        callbacks.append(FaultInjector(parse(faults, spec.name), reporter))
+    callbacks.extend(extra)
     return CallbackList(callbacks), tracker

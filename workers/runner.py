@@ -1,5 +1,6 @@
-"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH`.
+"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH [DEVICE]`.
 
+DEVICE is the one the worker's device check verified ("cpu", "cuda:N"; default cpu).
 Imports exactly one framework, trains, and writes a one-line JSON outcome for the
 supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 1 internal.
 """
@@ -18,19 +19,25 @@ from app.blobstore import BlobStore
 from app.core.spec import JobSpec
 from app.db import make_engine, make_sessionmaker
 from app.settings import get_settings
+from workers import faults
 from workers.errors import Superseded, UserError
 from workers.reporting import JobReporter
+from workers.runners import preload
 from workers.runners.common import StopFlag, StopRequested
+from workers.training.run import run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_SUPERSEDED, EXIT_STOPPED = 0, 1, 3, 4, 5
 
+__all__ = ["main", "preload"]  # preload: a pre-started runner imports its framework early
 
-def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:
-    if spec.framework == "pytorch":
-        from workers.runners.pytorch.run import run
-    else:
-        from workers.runners.tfkeras.run import run  # type: ignore[no-redef]
-    run(spec, reporter, stop)
+
+def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
+           fault_rules: str) -> None:
+    """Train with the test-only fault injection installed when the setting names rules."""
+    rules = faults.parse(fault_rules, spec.name)
+    injection = faults.FaultInjection(rules, reporter)
+    run(spec, reporter, stop, device, extra_callbacks=[injection] if injection.rules else [],
+        onnx_fault=injection.onnx_fails)
 
 
 def limit_threads(threads: int | None) -> None:
@@ -44,7 +51,9 @@ def limit_threads(threads: int | None) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Run one attempt of a job: argv is JOB_ID ATTEMPT RESULT_PATH [DEVICE]; the exit code."""
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
+    device = argv[3] if len(argv) > 3 else "cpu"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(message)s")
     stop = StopFlag()
     stop.install()
@@ -62,7 +71,7 @@ def main(argv: list[str]) -> int:
     try:
         spec = JobSpec.model_validate(reporter.spec)
         try:
-            _train(spec, reporter, stop)
+            _train(spec, reporter, stop, device, settings.fault_injection)
         finally:
             # Whatever ended training, its queued writes (the last metrics, a
             # hand-back checkpoint) land before the outcome; a write that was

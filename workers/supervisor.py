@@ -118,7 +118,7 @@ class Supervisor:
             with log_path.open("wb") as log_file:
                 proc = subprocess.Popen(
                     [self.settings.runner_python or sys.executable, "-m", runner_module.__name__,
-                     job_id, str(attempt), str(result_path)],
+                     job_id, str(attempt), str(result_path), self.device],
                     cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
                 log.info("job %s attempt %d: runner pid %d", job_id, attempt, proc.pid)
@@ -159,19 +159,26 @@ class Supervisor:
                                    "the job ran longer than resources.max_runtime_s "
                                    f"({self._max_runtime(job_id):.0f}s)")
                 return False, None
-            if stopped_for is None:
-                if status == JobStatus.CANCELLING.value:
-                    stopped_for = "cancel"
-                elif self.shutdown.is_set():
-                    stopped_for = "shutdown"
-                if stopped_for is not None:
-                    log.info("job %s: asking the runner to stop (%s)", job_id, stopped_for)
-                    proc.send_signal(signal.SIGTERM)
+            if stopped_for != "cancel" and status == JobStatus.CANCELLING.value:
+                # A cancel that comes while the runner stops for a shutdown wins: the
+                # job ends cancelled, not handed back (which cancelling cannot be).
+                was, stopped_for = stopped_for, "cancel"
+                if was is None:
+                    self._ask_stop(proc, job_id, stopped_for)
                     stop_deadline = time.monotonic() + self.settings.stop_grace_s
+            elif stopped_for is None and self.shutdown.is_set():
+                stopped_for = "shutdown"
+                self._ask_stop(proc, job_id, stopped_for)
+                stop_deadline = time.monotonic() + self.settings.stop_grace_s
             elif time.monotonic() > stop_deadline:
                 log.warning("job %s: runner ignored SIGTERM for %.0fs; killing it", job_id,
                             self.settings.stop_grace_s)
                 proc.kill()
+
+    @staticmethod
+    def _ask_stop(proc: subprocess.Popen[bytes], job_id: str, why: str) -> None:
+        log.info("job %s: asking the runner to stop (%s)", job_id, why)
+        proc.send_signal(signal.SIGTERM)
 
     def _max_runtime(self, job_id: str) -> float:
         with self.factory() as session:
@@ -202,6 +209,10 @@ class Supervisor:
                 handed_back = lifecycle.hand_back(
                     session, job_id, attempt, f"worker {self.worker} is shutting down; the job "
                     "resumes from its last checkpoint on another worker")
+                if not handed_back:
+                    # Cancelled after the last heartbeat: cancelling cannot be handed back.
+                    lifecycle.finish_cancel(session, job_id, attempt,
+                                            "stopped while its worker shut down")
             elif rc < 0:
                 lifecycle.fail(session, job_id, attempt, "runner_crashed",
                                f"the runner died by {_signal_name(rc)}", data)

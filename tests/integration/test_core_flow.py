@@ -80,6 +80,7 @@ def test_design_spec_trains_and_downloads_a_torchscript_model(stack: Stack, tmp_
     assert card["input"]["shape"] == [None, 64] and card["output"]["shape"] == [None, 10]
     assert card["class_names"] == [str(i) for i in range(10)]
     assert card["versions"]["torch"]
+    assert card["torchscript"] == {"method": "script"}  # the mlp scripts; no fall-back to trace
 
 
 def test_runner_error_fails_the_job_and_the_worker_takes_the_next(stack: Stack) -> None:

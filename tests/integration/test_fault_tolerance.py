@@ -183,6 +183,33 @@ def test_sigterm_hands_the_job_back_without_using_an_attempt(fresh_stack: Stack)
 
 
 @ONE_BACKEND("sqlite")
+def test_a_cancel_during_worker_shutdown_ends_cancelled_within_the_grace(
+        fresh_stack: Stack) -> None:
+    # One batch an epoch, then a 4 s sleep: right after the progress moves, the runner
+    # sleeps inside a batch, so the shutdown's SIGTERM and then the cancel both reach
+    # it before it stops.
+    fresh_stack.start_worker("w1", env={"TRAINERY_FAULT_INJECTION": "slow@0:4/drain"})
+    spec = slow_spec("drain", epochs=6)
+    spec["training"]["batch_size"] = 1024
+    job = fresh_stack.submit(spec)
+    wait_running(fresh_stack, job["id"], min_epoch=1, timeout=90)
+    os.killpg(fresh_stack.workers["w1"].pid, signal.SIGTERM)  # what stop_worker sends
+    time.sleep(1.0)  # the supervisor has seen the shutdown and asked the runner to stop
+    asked = time.monotonic()
+    r = fresh_stack.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "cancelling"
+    done = fresh_stack.wait(job["id"], timeout=30)
+    assert done["status"] == "cancelled", state_path(fresh_stack, job["id"])
+    # Within the grace (the runner is killed at its end), plus a few seconds to record
+    # the outcome on this busy machine; before the fix it sat in cancelling for good.
+    assert time.monotonic() - asked < float(fresh_stack.env["TRAINERY_STOP_GRACE_S"]) + 5
+    assert state_path(fresh_stack, job["id"]) == ["queued", "running", "cancelling",
+                                                  "cancelled"]
+    assert not [e for e in events(fresh_stack, job["id"]) if "worker lost" in e["message"]]
+    fresh_stack.workers.pop("w1").wait(timeout=30)
+
+
+@ONE_BACKEND("sqlite")
 def test_poison_job_fails_with_worker_lost_after_max_attempts(fresh_stack: Stack) -> None:
     env = {"TRAINERY_FAULT_INJECTION": "kill_worker@0/poison", "TRAINERY_MAX_ATTEMPTS": "2"}
     fresh_stack.start_worker("w1", env=env)

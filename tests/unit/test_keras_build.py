@@ -22,9 +22,10 @@ from workers import datasets  # noqa: E402
 from workers.callbacks import Callback, standard_callbacks  # noqa: E402
 from workers.modelspec import ResolvedLayer, resolve  # noqa: E402
 from workers.runners.common import StopRequested  # noqa: E402
+from workers.runners.tfkeras.backend import KerasBackend, dtype_policy_for  # noqa: E402
 from workers.runners.tfkeras.build import apply_layer, build_model  # noqa: E402
 from workers.runners.tfkeras.export import keras_bytes, load_keras  # noqa: E402
-from workers.runners.tfkeras.trainer import KerasTrainer, dtype_policy_for  # noqa: E402
+from workers.training.loop import TrainingLoop  # noqa: E402
 
 # Every layer type on odd-sized images, so 'same' padding with stride 2 is asymmetric.
 IMAGE_LAYERS: list[dict[str, Any]] = [
@@ -72,6 +73,9 @@ class FakeReporter:
 
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append(message)
+
+    def flush(self) -> None:
+        """Nothing is written behind (the recorder calls this when an epoch's writes lag)."""
 
 
 def _resolved(layers: list[dict[str, Any]] | None, shape: tuple[int, ...],
@@ -186,7 +190,7 @@ def test_same_weights_give_the_same_outputs_in_both_frameworks() -> None:
 
 
 def _trainer(spec: JobSpec, init_seed: int,
-             policy: str = "float32") -> tuple[KerasTrainer, FakeReporter]:
+             policy: str = "float32") -> tuple[TrainingLoop, FakeReporter]:
     keras.utils.set_random_seed(init_seed)
     data = datasets.load(spec.dataset)
     resolved = resolve(spec.model, data.sample_shape)
@@ -194,7 +198,11 @@ def _trainer(spec: JobSpec, init_seed: int,
     model = build_model(resolved, data.sample_shape, data.num_outputs, mean, std, policy=policy)
     reporter = FakeReporter()
     callbacks, _ = standard_callbacks(spec, reporter, has_validation=True)  # type: ignore[arg-type]
-    return KerasTrainer(spec, model, data, callbacks, policy=policy), reporter
+    return TrainingLoop(spec, KerasBackend(spec, model, data, policy), callbacks), reporter
+
+
+def variables(loop: TrainingLoop, part: str = "model") -> list[Any]:
+    return list(getattr(loop.backend, part).variables)
 
 
 RESUME_SPEC: dict[str, Any] = {
@@ -230,9 +238,10 @@ def test_checkpoint_round_trips_and_resume_continues_identically() -> None:
 
     assert [e for e, _ in resumed_reports.epochs] == [3, 4]
     assert series(resumed_reports) == series(straight_reports)
-    for a, b in zip(straight.model.variables, resumed.model.variables, strict=True):
+    for a, b in zip(variables(straight), variables(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for a, b in zip(straight.optimizer.variables, resumed.optimizer.variables, strict=True):
+    for a, b in zip(variables(straight, "optimizer"), variables(resumed, "optimizer"),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     stopped = [t.callbacks.callbacks[1].state() for t in (straight, resumed)]  # type: ignore[attr-defined]
     assert stopped[0]["wait"] == stopped[1]["wait"]
@@ -266,15 +275,16 @@ def test_mixed_precision_trains_resumes_and_exports_float32(policy: str) -> None
         "early_stopping": {"monitor": "val_loss", "patience": 1, "restore_best": True}}})
     trainer, _ = _trainer(spec, init_seed=0, policy=policy)
     assert np.isfinite(trainer.fit()["loss"])
-    scaled = isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    scaled = isinstance(trainer.backend.optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (policy == "mixed_float16")
     resumed, _ = _trainer(spec, init_seed=1, policy=policy)
     assert resumed.load_checkpoint(trainer.checkpoint_bytes(2)) == 2
 
-    exported = _trainer(spec, init_seed=2)[0].model  # what run.py ships: float32
-    exported.set_weights(trainer.model.get_weights())
-    x = trainer.dataset.x_val
-    np.testing.assert_allclose(np.asarray(exported(x)), np.asarray(trainer.model(x)), atol=0.1)
+    exported = _trainer(spec, init_seed=2)[0].backend.model  # what the runner ships: float32
+    exported.set_weights(trainer.backend.model.get_weights())
+    x = trainer.backend.dataset.x_val
+    np.testing.assert_allclose(np.asarray(exported(x)), np.asarray(trainer.backend.model(x)),
+                               atol=0.1)
 
 
 def test_regression_with_compile_reports_mae_and_mse() -> None:
@@ -291,7 +301,7 @@ def test_regression_with_compile_reports_mae_and_mse() -> None:
                         mean, std, y_mean, y_std)
     reporter = FakeReporter()
     callbacks, _ = standard_callbacks(spec, reporter, has_validation=True)  # type: ignore[arg-type]
-    logs = KerasTrainer(spec, model, data, callbacks).fit()
+    logs = TrainingLoop(spec, KerasBackend(spec, model, data), callbacks).fit()
     assert {"loss", "mae", "mse", "val_loss", "val_mae", "val_mse"} <= set(logs)
     assert logs["mse"] >= logs["mae"] > 1.0  # in the targets' own units, not standardised ones
 
@@ -327,5 +337,5 @@ def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
              for e, logs in straight_reports.epochs if e > 2]
     assert [(e, {k: v for k, v in logs.items() if k != "epoch_time_s"})
             for e, logs in resumed_reports.epochs] == strip
-    for a, b in zip(straight.model.variables, resumed.model.variables, strict=True):
+    for a, b in zip(variables(straight), variables(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from app.core.spec import JobSpec, ModelSpec
 from workers.callbacks import BestTracker, Callback, CallbackList, Logs, Trainer
@@ -14,8 +16,10 @@ from workers.datasets import Dataset, input_stats, synthetic
 from workers.errors import UserError
 from workers.modelspec import resolve, same_padding
 from workers.runners.common import StopRequested
+from workers.runners.pytorch.backend import TorchBackend
 from workers.runners.pytorch.build import build_model
-from workers.runners.pytorch.trainer import TorchTrainer
+from workers.runners.pytorch.export import torchscript_bytes
+from workers.training.loop import TrainingLoop
 
 LAYERS: list[dict[str, Any]] = [
     {"type": "conv2d", "filters": 4, "kernel_size": 3, "strides": 2, "padding": "same",
@@ -109,14 +113,19 @@ class StopAfter(Callback):
 
 
 def _trainer(spec: JobSpec, data: Dataset, stop_after: int = 0,
-             data_budget_bytes: int | None = None) -> TorchTrainer:
+             data_budget_bytes: int | None = None) -> TrainingLoop:
     torch.manual_seed(0)
     layers = resolve(spec.model, data.sample_shape)
     mean, std = input_stats(data.x_train)
     model = build_model(layers, data.sample_shape, 3, mean, std)
     callbacks = CallbackList([BestTracker("val_loss", "min"), StopAfter(stop_after)])
-    return TorchTrainer(spec, model, data, torch.device("cpu"), callbacks,
-                        data_budget_bytes=data_budget_bytes)
+    backend = TorchBackend(spec, model, data, torch.device("cpu"),
+                           data_budget_bytes=data_budget_bytes)
+    return TrainingLoop(spec, backend, callbacks)
+
+
+def weights(loop: TrainingLoop) -> list[torch.Tensor]:
+    return list(loop.backend.model.state_dict().values())  # type: ignore[attr-defined]
 
 
 def test_resume_from_a_checkpoint_continues_exactly() -> None:
@@ -139,8 +148,7 @@ def test_resume_from_a_checkpoint_continues_exactly() -> None:
     resumed = _trainer(spec, data)
     assert resumed.load_checkpoint(payload) == 2
     resumed.fit()
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
-                    strict=True):
+    for a, b in zip(weights(straight), weights(resumed), strict=True):
         assert torch.equal(a, b)
 
 
@@ -153,12 +161,11 @@ def test_data_over_the_device_budget_is_streamed_from_the_host_with_the_same_res
     })
     data = _dataset()
     on_device, streamed = _trainer(spec, data), _trainer(spec, data, data_budget_bytes=0)
-    assert on_device.data_on_device and not streamed.data_on_device
+    assert on_device.backend.data_on_device and not streamed.backend.data_on_device
     logs = [{k: v for k, v in t.fit().items() if k != "epoch_time_s"}
             for t in (on_device, streamed)]
     assert logs[0] == logs[1]
-    for a, b in zip(on_device.model.state_dict().values(), streamed.model.state_dict().values(),
-                    strict=True):
+    for a, b in zip(weights(on_device), weights(streamed), strict=True):
         assert torch.equal(a, b)
 
 
@@ -201,7 +208,27 @@ def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
     resumed = _trainer(spec, data)
     assert resumed.load_checkpoint(stopper.payload) == 2 and resumed.resume_batch == 5
     resumed_logs = resumed.fit()
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
-                    strict=True):
+    for a, b in zip(weights(straight), weights(resumed), strict=True):
         assert torch.equal(a, b)
     assert resumed_logs["loss"] == straight_logs["loss"]
+
+
+class Unscriptable(nn.Module):
+    """A forward TorchScript cannot compile (a generator expression), which tracing handles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + sum(x[:, i:i + 1] for i in range(3))
+
+
+def test_torchscript_says_why_scripting_failed_when_it_falls_back_to_tracing() -> None:
+    model, x = Unscriptable(), torch.ones(2, 3)
+    payload, script_error = torchscript_bytes(model, x)
+    assert script_error  # the reason the job's events and model card carry
+    loaded = torch.jit.load(io.BytesIO(payload))
+    assert torch.allclose(loaded(x), model(x))
+    _, none = torchscript_bytes(nn.Linear(3, 2), x)
+    assert none == ""

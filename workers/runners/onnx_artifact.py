@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from app.settings import get_settings
-from workers import faults
 from workers.reporting import JobReporter
 
 ONNX_INPUT = "inputs"
@@ -20,14 +18,15 @@ def output_name(task: str) -> str:
 
 
 def save_onnx(reporter: JobReporter, export: Callable[[], bytes], input_dtype: str,
-              task: str) -> dict[str, Any]:
+              task: str, fail: bool = False) -> dict[str, Any]:
     """Run export and store its bytes as the "onnx" artifact; what the model card adds about it.
 
     A model that trained is a success even if no converter can express it: the
     job still succeeds, and the reason is kept for the event stream and the download.
+    `fail` (tests: the `onnx_fail` fault rule) makes the export fail without running it.
     """
     try:
-        if _export_fault(reporter):
+        if fail:
             raise RuntimeError("injected fault: onnx_fail (TRAINERY_FAULT_INJECTION)")
         payload = export()
     except Exception as exc:  # noqa: BLE001 - an export failure never fails the job
@@ -38,13 +37,6 @@ def save_onnx(reporter: JobReporter, export: Callable[[], bytes], input_dtype: s
     reporter.save_artifact("onnx", payload, "model.onnx", "application/octet-stream")
     return {"onnx": {"input": {"name": ONNX_INPUT, "dtype": input_dtype},
                      "output": {"name": output_name(task)}}}
-
-
-def _export_fault(reporter: JobReporter) -> bool:
-    # Test-only: `onnx_fail@0[/job-name]` in TRAINERY_FAULT_INJECTION makes the export fail,
-    # so tests reach the no-ONNX path without an architecture no exporter can handle.
-    rules = faults.parse(get_settings().fault_injection, str(reporter.spec.get("name", "")))
-    return any(rule.kind == "onnx_fail" for rule in rules)
 
 
 def check_onnx(payload: bytes, example: np.ndarray, expected: np.ndarray,

@@ -12,16 +12,19 @@ from torch import nn
 from workers.runners.onnx_artifact import ONNX_INPUT, check_onnx
 
 
-def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
-    """A TorchScript file that `torch.jit.load` opens without this project."""
+def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> tuple[bytes, str]:
+    """A TorchScript file that `torch.jit.load` opens without this project, and why scripting
+    failed when it fell back to tracing ("" when scripting worked)."""
     model = model.eval().cpu()
+    script_error = ""
     try:
         scripted = torch.jit.script(model)
-    except Exception:  # noqa: BLE001 - tracing covers what scripting cannot
+    except Exception as exc:  # noqa: BLE001 - tracing covers what scripting cannot
+        script_error = _short(exc)
         scripted = torch.jit.trace(model, example)
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
-    return buffer.getvalue()
+    return buffer.getvalue(), script_error
 
 
 def safetensors_bytes(model: nn.Module) -> bytes:

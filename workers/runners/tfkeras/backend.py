@@ -1,10 +1,9 @@
-"""The Keras training loop: the PyTorch trainer's skeleton and callbacks, on TensorFlow."""
+"""The Keras backend of the training loop (TensorFlow): model, optimizer, data, checkpoints."""
 
 from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,26 +12,28 @@ import numpy as np
 import tensorflow as tf
 
 from app.core.spec import JobSpec, OptimizerSpec
-from workers.callbacks import Callback, Logs
 from workers.datasets import Dataset
-from workers.runners.common import StopFlag, StopRequested
-from workers.schedules import lr_at
+from workers.training.loop import LoopState
 
 CHECKPOINT_FORMAT = "trainery.keras-checkpoint.v1"
 # PyTorch's Adam epsilon; Keras's default (1e-7) would make the same spec step differently.
 ADAM_EPSILON = 1e-8
 
 
-def configure_devices() -> Any | None:
-    """The GPU this process was pinned to (memory growth on), or None for the CPU.
+def configure_devices(device: str) -> Any | None:
+    """The GPU for the device the worker's check verified (memory growth on), or None for
+    the CPU.
 
-    The worker sets CUDA_VISIBLE_DEVICES before the runner starts; of what is
-    visible TensorFlow uses only the first GPU, as the PyTorch runner does. This
-    must run before TensorFlow creates its runtime.
+    The worker sets CUDA_VISIBLE_DEVICES before the runner starts, so "cuda:N" is
+    this process's first visible GPU; "cpu" hides every GPU. This must run before
+    TensorFlow creates its runtime.
     """
     gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
+    if not device.startswith("cuda"):
+        tf.config.set_visible_devices([], "GPU")
         return None
+    if not gpus:
+        raise RuntimeError(f"the worker verified {device}, but TensorFlow sees no GPU")
     tf.config.set_visible_devices(gpus[0], "GPU")
     tf.config.experimental.set_memory_growth(gpus[0], True)
     return gpus[0]
@@ -90,19 +91,14 @@ def make_loss(name: str) -> keras.losses.Loss:
             "huber": keras.losses.Huber}[name]()
 
 
-class KerasTrainer:
-    """Runs epochs over tensors kept on the device; syncs with the host once per epoch."""
+class KerasBackend:
+    """The loop's Keras side: tensors kept on the device, sums read once per epoch."""
 
-    def __init__(self, spec: JobSpec, model: keras.Model, dataset: Dataset, callbacks: Callback,
-                 stop: StopFlag | None = None, policy: str = "float32") -> None:
-        self.spec, self.model, self.dataset = spec, model, dataset
-        self.callbacks, self.stop = callbacks, stop or StopFlag()
-        self.epochs = spec.training.epochs
-        self.stop_training = False
-        self.start_epoch = 0
-        self.resume_batch = 0  # batches of start_epoch already trained (a mid-epoch resume)
-        self.resume_totals: np.ndarray | None = None
-        self.interrupted: tuple[int, np.ndarray] | None = None
+    def __init__(self, spec: JobSpec, model: keras.Model, dataset: Dataset,
+                 policy: str = "float32", precision_note: str = "") -> None:
+        self.spec, self.model, self.dataset, self.policy = spec, model, dataset, policy
+        self.precision_note = precision_note  # why the policy is not the spec's precision
+        self.n_train, self.n_val = len(dataset.x_train), len(dataset.x_val)
         self.metrics = spec.metric_names()[1:]
         self.optimizer = make_optimizer(spec.training.optimizer, policy)
         self.optimizer.build(model.trainable_variables)
@@ -115,15 +111,21 @@ class KerasTrainer:
         jit = spec.training.compile
         x_spec = tf.TensorSpec([None, *dataset.sample_shape], self.x_train.dtype)
         y_spec = tf.TensorSpec([None, *dataset.y_train.shape[1:]], self.y_train.dtype)
-        self.train_step = tf.function(self._train_step, jit_compile=jit,
-                                      input_signature=[tf.TensorSpec([None], tf.int32)])
+        self.train_batch = tf.function(self._train_step, jit_compile=jit,
+                                       input_signature=[tf.TensorSpec([None], tf.int32)])
         self.eval_step = tf.function(self._eval_step, jit_compile=jit,
                                      input_signature=[x_spec, y_spec])
 
+    def describe(self) -> tuple[str, dict[str, Any]]:
+        """Where and with what it trains, for the job's events."""
+        device = data_device().lstrip("/")
+        return (f"{device} with tensorflow {tf.__version__} and keras {keras.__version__} "
+                f"({self.policy})", {"device": device, "policy": self.policy})
+
     # -- checkpoints -------------------------------------------------------
 
-    def checkpoint_bytes(self, epoch: int) -> bytes:
-        """Everything needed to continue after `epoch` completed epochs, as an npz (no pickle).
+    def save(self, state: LoopState) -> bytes:
+        """Every model and optimizer variable and state, as an npz (no pickle).
 
         The model's variables include the dropout layers' seed generators (the
         only RNG training draws from; batch order is a function of seed and epoch).
@@ -131,20 +133,19 @@ class KerasTrainer:
         arrays = {f"model.{i:04d}": v.numpy() for i, v in enumerate(self.model.variables)}
         arrays.update({f"optimizer.{i:04d}": v.numpy()
                        for i, v in enumerate(self.optimizer.variables)})
-        if self.interrupted:  # stopped mid-epoch: batches done and their sums
-            arrays["partial_totals"] = self.interrupted[1]
-        meta = {"format": CHECKPOINT_FORMAT, "epoch": epoch,
-                "batch": self.interrupted[0] if self.interrupted else 0,
+        if state.batch:  # stopped mid-epoch: batches done and their sums
+            arrays["partial_totals"] = state.partial_totals
+        meta = {"format": CHECKPOINT_FORMAT, "epoch": state.epoch, "batch": state.batch,
                 "model": [v.path for v in self.model.variables],
                 "optimizer": [v.path for v in self.optimizer.variables],
-                "callbacks": self.callbacks.state()}
+                "callbacks": state.callbacks}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return buffer.getvalue()
 
-    def load_checkpoint(self, payload: bytes) -> int:
-        """Restore a checkpoint; the number of epochs it had completed."""
+    def load(self, payload: bytes) -> LoopState:
+        """Restore what save stored; the loop's part of it."""
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes())
             if meta.get("format") != CHECKPOINT_FORMAT:
@@ -160,11 +161,9 @@ class KerasTrainer:
                         raise ValueError(f"checkpoint variable {meta[group][i]} has shape "
                                          f"{value.shape}, {v.path} needs {tuple(v.shape)}")
                     v.assign(value)
-            self.resume_batch = int(meta.get("batch", 0))
-            self.resume_totals = npz["partial_totals"] if self.resume_batch else None
-        self.callbacks.load_state(meta["callbacks"])
-        self.start_epoch = int(meta["epoch"])
-        return self.start_epoch
+            batch = int(meta.get("batch", 0))
+            totals = npz["partial_totals"] if batch else None
+        return LoopState(int(meta["epoch"]), meta["callbacks"], batch, totals)
 
     def snapshot_weights(self) -> list[np.ndarray]:
         return [v.numpy() for v in self.model.weights]
@@ -173,16 +172,35 @@ class KerasTrainer:
         for v, value in zip(self.model.weights, snapshot, strict=True):
             v.assign(value)
 
-    # -- the loop ----------------------------------------------------------
+    # -- what the loop calls -------------------------------------------------
 
-    def _batches(self, epoch: int) -> Iterator[tf.Tensor]:
-        # The order depends on (seed, epoch) only, so a resumed run sees the
-        # same batches an uninterrupted one would have.
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.learning_rate = lr
+
+    def begin_training(self) -> None: ...
+
+    def end_training(self) -> None: ...
+
+    def batches(self, epoch: int) -> Iterator[tf.Tensor]:
+        """Index batches in an order from (seed, epoch) only, so a resumed run sees the
+        same batches an uninterrupted one would have."""
         rng = np.random.default_rng(self.spec.training.seed * 1_000_003 + epoch)
-        order = rng.permutation(len(self.dataset.x_train)).astype(np.int32)
+        order = rng.permutation(self.n_train).astype(np.int32)
         bs = self.spec.training.batch_size
         for start in range(0, len(order), bs):
             yield tf.constant(order[start:start + bs])
+
+    def zeros(self) -> tf.Tensor:
+        return tf.zeros(1 + len(self.metrics), tf.float64)
+
+    def to_host(self, total: tf.Tensor) -> np.ndarray:
+        return total.numpy()  # type: ignore[no-any-return]
+
+    def to_device(self, saved: np.ndarray) -> tf.Tensor:
+        return tf.constant(saved, tf.float64)
+
+    def values(self, total: tf.Tensor) -> list[float]:
+        return total.numpy().tolist()  # type: ignore[no-any-return]
 
     def _sums(self, loss: tf.Tensor, out: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """[loss * n, metric sums...] for one batch, in float64."""
@@ -219,56 +237,9 @@ class KerasTrainer:
         out = tf.cast(self.model(x, training=False), tf.float32)
         return self._sums(self.loss_fn(y, out), out, y)
 
-    def _zeros(self) -> tf.Tensor:
-        return tf.zeros(1 + len(self.metrics), tf.float64)
-
-    def _logs(self, total: tf.Tensor, n: int) -> Logs:
-        values = (total / max(1, n)).numpy().tolist()  # the one host sync
-        return dict(zip(["loss", *self.metrics], values, strict=True))
-
-    def _train_epoch(self, epoch: int) -> Logs:
-        total = self._zeros()
-        skip, self.resume_batch = self.resume_batch, 0
-        if self.resume_totals is not None:  # resuming mid-epoch: the sums so far
-            total += tf.constant(self.resume_totals, tf.float64)
-            self.resume_totals = None
-        for batch, idx in enumerate(self._batches(epoch)):
-            if batch < skip:
-                continue  # trained before the interruption
-            total += self.train_step(idx)
-            self.callbacks.on_batch_end(self, batch)
-            if self.stop.is_set():
-                self.interrupted = (batch + 1, total.numpy())
-                self.callbacks.on_interrupt(self, epoch, batch + 1)
-                raise StopRequested(self.stop.reason)
-        return self._logs(total, len(self.dataset.x_train))
-
-    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> Logs:
-        """Loss and metrics over (x, y) in inference mode."""
-        total = self._zeros()
+    def evaluate(self) -> tf.Tensor:
+        total = self.zeros()
         bs = max(self.spec.training.batch_size, 1024)
-        for start in range(0, int(x.shape[0]), bs):
-            total += self.eval_step(x[start:start + bs], y[start:start + bs])
-        return self._logs(total, int(x.shape[0]))
-
-    def fit(self) -> Logs:
-        """Train from start_epoch to the end (or an early stop); the last epoch's logs."""
-        logs: Logs = {}
-        self.callbacks.on_train_begin(self)
-        base_lr = self.spec.training.optimizer.lr
-        for epoch in range(self.start_epoch, self.epochs):
-            lr = lr_at(self.spec.training.lr_schedule, base_lr, epoch, self.epochs)
-            self.optimizer.learning_rate = lr
-            self.callbacks.on_epoch_begin(self, epoch + 1)
-            started = time.perf_counter()
-            logs = self._train_epoch(epoch)
-            if len(self.dataset.x_val):
-                logs.update({f"val_{k}": v
-                             for k, v in self.evaluate(self.x_val, self.y_val).items()})
-            logs["lr"] = lr
-            logs["epoch_time_s"] = time.perf_counter() - started
-            self.callbacks.on_epoch_end(self, epoch + 1, logs)
-            if self.stop_training:
-                break
-        self.callbacks.on_train_end(self, logs)
-        return logs
+        for start in range(0, self.n_val, bs):
+            total += self.eval_step(self.x_val[start:start + bs], self.y_val[start:start + bs])
+        return total

@@ -1,11 +1,10 @@
-"""The PyTorch training loop: a fixed skeleton whose side effects are callbacks."""
+"""The PyTorch backend of the training loop: model, optimizer, data on the device, checkpoints."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,19 +13,26 @@ import torch
 from torch import nn
 
 from app.core.spec import JobSpec, OptimizerSpec
-from workers.callbacks import Callback, Logs
 from workers.datasets import Dataset
-from workers.runners.common import StopFlag, StopRequested
-from workers.schedules import lr_at
+from workers.training.loop import LoopState
 
 # The share of the GPU's free memory the dataset may take to be kept there whole;
 # a larger one stays in pinned host memory and is copied over a batch at a time.
 DEVICE_DATA_SHARE = 0.5
 
 
-def pick_device() -> torch.device:
-    """The device this process was pinned to: the one visible GPU, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def resolve_device(device: str) -> torch.device:
+    """The torch device for the one the worker's device check verified ("cpu" or "cuda:N").
+
+    The worker pins its GPU with CUDA_VISIBLE_DEVICES, so "cuda:N" is this process's
+    first visible GPU. A verified GPU that torch cannot see is an error, never a
+    silent fall back to the CPU.
+    """
+    if not device.startswith("cuda"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the worker verified {device}, but this process sees no CUDA device")
+    return torch.device("cuda")
 
 
 def make_optimizer(spec: OptimizerSpec, params: Any, fused: bool = False) -> torch.optim.Optimizer:
@@ -71,24 +77,19 @@ def data_budget(device: torch.device) -> int:
     return int(free * DEVICE_DATA_SHARE)
 
 
-class TorchTrainer:
-    """Runs epochs over tensors kept on the device; syncs with the host once per epoch.
+
+
+class TorchBackend:
+    """The loop's PyTorch side: tensors kept on the device, sums read once per epoch.
 
     Data larger than `data_budget_bytes` (default: data_budget) stays in pinned host
     memory instead and each batch is gathered there and copied without blocking.
     """
 
     def __init__(self, spec: JobSpec, model: nn.Module, dataset: Dataset, device: torch.device,
-                 callbacks: Callback, stop: StopFlag | None = None,
                  data_budget_bytes: int | None = None) -> None:
         self.spec, self.dataset, self.device = spec, dataset, device
-        self.callbacks, self.stop = callbacks, stop or StopFlag()
-        self.epochs = spec.training.epochs
-        self.stop_training = False
-        self.start_epoch = 0
-        self.resume_batch = 0  # batches of start_epoch already trained (a mid-epoch resume)
-        self.resume_totals: torch.Tensor | None = None
-        self.interrupted: tuple[int, torch.Tensor] | None = None
+        self.n_train, self.n_val = len(dataset.x_train), len(dataset.x_val)
         cuda = device.type == "cuda"
         self.model = model.to(device)
         self.channels_last = cuda and any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -102,7 +103,6 @@ class TorchTrainer:
                                         fused=cuda and spec.training.optimizer.name != "rmsprop")
         self.loss_fn = make_loss(spec.loss_name())
         self.metrics = spec.metric_names()[1:]
-        self.classification = spec.task == "classification"
         self.amp_dtype, self.precision_note = autocast_dtype(spec.training.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         arrays = (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val)
@@ -115,6 +115,11 @@ class TorchTrainer:
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         if spec.training.compile:
             self.forward = torch.compile(self.model)
+
+    def describe(self) -> tuple[str, dict[str, Any]]:
+        """Where and with what it trains, for the job's events."""
+        return (f"{self.device} with torch {torch.__version__}",
+                {"device": str(self.device), "cpu_threads": torch.get_num_threads()})
 
     def _place(self, array: np.ndarray) -> torch.Tensor:
         """The array on the device, or pinned on the host when the data does not fit there."""
@@ -146,26 +151,26 @@ class TorchTrainer:
 
     # -- checkpoints -------------------------------------------------------
 
-    def checkpoint_bytes(self, epoch: int) -> bytes:
-        """Everything needed to continue after `epoch` completed epochs."""
-        state = {
-            "epoch": epoch,
+    def save(self, state: LoopState) -> bytes:
+        """A torch.save of the model, optimizer, scaler and RNG state, and state."""
+        payload = {
+            "epoch": state.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "callbacks": self.callbacks.state(),
+            "callbacks": state.callbacks,
             # Set when training stopped mid-epoch: batches done and their sums.
-            "batch": self.interrupted[0] if self.interrupted else 0,
-            "partial_totals": self.interrupted[1] if self.interrupted else torch.zeros(0),
+            "batch": state.batch,
+            "partial_totals": state.partial_totals if state.batch else torch.zeros(0),
         }
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(payload, buffer)
         return buffer.getvalue()
 
-    def load_checkpoint(self, payload: bytes) -> int:
-        """Restore a checkpoint; the number of epochs it had completed."""
+    def load(self, payload: bytes) -> LoopState:
+        """Restore what save stored; the loop's part of it."""
         state = torch.load(io.BytesIO(payload), map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -173,11 +178,9 @@ class TorchTrainer:
         torch.set_rng_state(state["rng"].cpu())
         if state["cuda_rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.callbacks.load_state(state["callbacks"])
-        self.start_epoch = int(state["epoch"])
-        self.resume_batch = int(state.get("batch", 0))
-        self.resume_totals = state["partial_totals"] if self.resume_batch else None
-        return self.start_epoch
+        batch = int(state.get("batch", 0))
+        return LoopState(int(state["epoch"]), state["callbacks"], batch,
+                         state["partial_totals"] if batch else None)
 
     def snapshot_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -185,20 +188,57 @@ class TorchTrainer:
     def restore_weights(self, snapshot: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(snapshot)
 
-    # -- the loop ----------------------------------------------------------
+    # -- what the loop calls -------------------------------------------------
 
-    def _batches(self, epoch: int) -> Iterator[torch.Tensor]:
-        # The order depends on (seed, epoch) only, so a resumed run sees the
-        # same batches an uninterrupted one would have.
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def begin_training(self) -> None: ...
+
+    def end_training(self) -> None:
+        if self.channels_last:
+            # Plain weights for the exports.
+            self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+
+    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        """Index batches in an order from (seed, epoch) only, so a resumed run sees the
+        same batches an uninterrupted one would have; the model is in training mode."""
+        self.model.train()
         gen = torch.Generator().manual_seed(self.spec.training.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.x_train), generator=gen)
+        order = torch.randperm(self.n_train, generator=gen)
         if self.data_on_device:
             order = order.to(self.device, non_blocking=True)
         bs = self.spec.training.batch_size
         for start in range(0, len(order), bs):
             yield order[start:start + bs]
 
-    def _train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros(1 + len(self.metrics), device=self.device, dtype=torch.float64)
+
+    def to_host(self, total: torch.Tensor) -> torch.Tensor:
+        return total.detach().cpu()
+
+    def to_device(self, saved: torch.Tensor) -> torch.Tensor:
+        return saved.to(self.device)
+
+    def values(self, total: torch.Tensor) -> list[float]:
+        return total.tolist()
+
+    def _sums(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[loss * n, metric sums...] for one batch, in float64."""
+        sums = [loss.double() * len(y)]
+        for name in self.metrics:
+            if name == "accuracy":
+                sums.append((out.argmax(dim=1) == y).sum().double())
+            elif name == "mae":
+                sums.append((out.float() - y).abs().mean(dim=1).sum().double())
+            else:  # mse
+                sums.append(((out.float() - y) ** 2).mean(dim=1).sum().double())
+        return torch.stack(sums)
+
+    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        xb, yb = self._gather(self.x_train, self.y_train, idx)
         with self._autocast():
             out = self.forward(xb)
             loss = self.loss_fn(out.float(), yb)
@@ -206,83 +246,18 @@ class TorchTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), out.detach()
-
-    def _metric_sums(self, out: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        sums = []
-        for name in self.metrics:
-            if name == "accuracy":
-                sums.append((out.argmax(dim=1) == y).sum())
-            elif name == "mae":
-                sums.append((out.float() - y).abs().mean(dim=1).sum())
-            else:  # mse
-                sums.append(((out.float() - y) ** 2).mean(dim=1).sum())
-        return sums
-
-    def _train_epoch(self, epoch: int) -> Logs:
-        self.model.train()
-        n = len(self.x_train)
-        total = torch.zeros(1 + len(self.metrics), device=self.device, dtype=torch.float64)
-        skip, self.resume_batch = self.resume_batch, 0
-        if self.resume_totals is not None:  # resuming mid-epoch: the sums so far
-            total += self.resume_totals.to(self.device)
-            self.resume_totals = None
-        for batch, idx in enumerate(self._batches(epoch)):
-            if batch < skip:
-                continue  # trained before the interruption
-            # Nothing in this loop reads a value back: no device sync per batch.
-            xb, yb = self._gather(self.x_train, self.y_train, idx)
-            loss, out = self._train_step(xb, yb)
-            total += torch.stack([loss.double() * len(idx),
-                                  *(s.double() for s in self._metric_sums(out, yb))])
-            self.callbacks.on_batch_end(self, batch)
-            if self.stop.is_set():
-                self.interrupted = (batch + 1, total.detach().cpu())
-                self.callbacks.on_interrupt(self, epoch, batch + 1)
-                raise StopRequested(self.stop.reason)
-        values = (total / n).tolist()  # the epoch's one host sync
-        return dict(zip(["loss", *self.metrics], values, strict=True))
+        return self._sums(loss.detach(), out.detach(), yb)
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> Logs:
-        """Loss and metrics over (x, y) in eval mode."""
+    def evaluate(self) -> torch.Tensor:
         self.model.eval()
-        total = torch.zeros(1 + len(self.metrics), device=self.device, dtype=torch.float64)
+        total = self.zeros()
         bs = max(self.spec.training.batch_size, 1024)
-        for start in range(0, len(x), bs):
-            xb, yb = x[start:start + bs], y[start:start + bs]
+        for start in range(0, self.n_val, bs):
+            xb, yb = self.x_val[start:start + bs], self.y_val[start:start + bs]
             if not self.data_on_device:
                 xb, yb = self._to_device(xb, yb)  # slices of pinned memory
             with self._autocast():
                 out = self.forward(xb)
-            loss = self.loss_fn(out.float(), yb)
-            total += torch.stack([loss.double() * len(xb),
-                                  *(s.double() for s in self._metric_sums(out, yb))])
-        values = (total / max(1, len(x))).tolist()
-        return dict(zip(["loss", *self.metrics], values, strict=True))
-
-    def fit(self) -> Logs:
-        """Train from start_epoch to the end (or an early stop); the last epoch's logs."""
-        logs: Logs = {}
-        self.callbacks.on_train_begin(self)
-        base_lr = self.spec.training.optimizer.lr
-        for epoch in range(self.start_epoch, self.epochs):
-            lr = lr_at(self.spec.training.lr_schedule, base_lr, epoch, self.epochs)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.callbacks.on_epoch_begin(self, epoch + 1)
-            started = time.perf_counter()
-            logs = self._train_epoch(epoch)
-            if len(self.x_val):
-                val = self.evaluate(self.x_val, self.y_val)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            logs["lr"] = lr
-            logs["epoch_time_s"] = time.perf_counter() - started
-            self.callbacks.on_epoch_end(self, epoch + 1, logs)
-            if self.stop_training:
-                break
-        self.callbacks.on_train_end(self, logs)
-        if self.channels_last:
-            # Plain weights for the exports.
-            self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-        return logs
+            total += self._sums(self.loss_fn(out.float(), yb), out, yb)
+        return total
