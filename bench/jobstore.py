@@ -12,7 +12,7 @@ from app.core.spec import JobSpec
 from app.db import make_engine, make_sessionmaker, transaction
 from app.services import jobs, lifecycle
 from app.settings import get_settings
-from tests.harness import migrate
+from bench.stack import migrate
 from workers.reporting import JobReporter
 
 
