@@ -109,3 +109,23 @@ def test_keras_and_pytorch_jobs_alternate_on_one_worker_without_leaking(
     events = fresh_stack.client.get(f"/v1/jobs/{jobs[2]}/events").json()
     imported = [e["data"]["frameworks"] for e in events if "frameworks" in (e["data"] or {})]
     assert imported == [["tensorflow"]]
+
+
+def test_a_spare_whose_environment_changed_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import Settings
+    from workers.warmpool import WarmPool
+
+    pool = WarmPool(Settings(warm_runners="last"))
+    try:
+        pool.fill()
+        old = pool.spares["pytorch"]
+        pool.fill()
+        assert pool.spares["pytorch"] is old  # nothing changed: kept
+        monkeypatch.setenv("TRAINERY_RUNNER_THREADS", "3")
+        pool.fill()
+        new = pool.spares["pytorch"]
+        assert new is not old and old.proc.returncode is not None  # discarded and stopped
+        assert new.env["TRAINERY_RUNNER_THREADS"] == "3" and new.alive()
+    finally:
+        pool.close()
+    assert new.proc.returncode is not None and not pool.spares
