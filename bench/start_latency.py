@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def bare_import(module: str, repeats: int) -> list[float]:
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                       stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         times.append(time.perf_counter() - start)
     return times
 
@@ -124,6 +125,8 @@ def main() -> int:
                         help="TRAINERY_WARM_RUNNERS of the warm worker")
     parser.add_argument("--import-repeats", type=int, default=3)
     args = parser.parse_args()
+    # SIGTERM (a timeout) still runs the finally that stops the stack's processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
 
     print(f"load average before: {os.getloadavg()}")

@@ -50,7 +50,6 @@ def preload(framework: str) -> None:
     _backend(framework)
     import sklearn.datasets  # noqa: F401 - builtin datasets load from it
 
-    PHASES.mark("imported")
 
 
 def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag) -> None:

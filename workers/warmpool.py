@@ -6,10 +6,11 @@ the framework and the project and waits on its stdin; a job is handed to it as o
 line, and a new spare starts at once for the next job. `TRAINERY_WARM_RUNNERS` says
 which spares a worker keeps: `last` (default) one for the framework it ran last
 (PyTorch before the first job), `both` one per framework (more memory: an idle
-PyTorch spare holds ~0.3 GB, a TensorFlow one ~0.6 GB), `off` none (every job starts
-its runner cold, as before). A spare is started with exactly the environment a job's
-runner gets; if the worker's environment (or runner Python) changed since, the spare
-is discarded and a fresh one runs the job.
+PyTorch spare holds ~0.25 GB, a TensorFlow one ~0.5 GB), `off` none. Without a usable
+spare a job's runner starts cold, `python -m workers.runner JOB ATTEMPT RESULT`, as
+before. A spare is started with exactly the environment a job's runner gets; if the
+worker's environment (or runner Python) changed since, or the spare died, it is
+discarded and the job's runner starts cold.
 """
 
 from __future__ import annotations
@@ -66,15 +67,21 @@ class RunnerProcess:
     job: str | None = field(default=None)
 
     @classmethod
-    def spawn(cls, framework: str, python: str, env: dict[str, str]) -> RunnerProcess:
-        """Start a spare for framework; it preloads, then waits for `hand`."""
+    def spawn(cls, framework: str, python: str, env: dict[str, str],
+              job: tuple[str, int] | None = None) -> RunnerProcess:
+        """Start a spare for framework (it preloads, then waits for `hand`), or, given a
+        job, a cold `python -m workers.runner JOB ATTEMPT RESULT` for it."""
         tmp = tempfile.TemporaryDirectory(prefix="trainery-")
         log_file = (Path(tmp.name) / "runner.log").open("wb")
-        proc = subprocess.Popen(
-            [python, "-m", "workers.spare", framework], cwd=PROJECT_ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent)
-        return cls(framework, python, env, proc, tmp, log_file)
+        if job is None:
+            argv, stdin = ["-m", "workers.spare", framework], subprocess.PIPE
+        else:
+            result = Path(tmp.name) / "result.json"
+            argv, stdin = ["-m", "workers.runner", job[0], str(job[1]), str(result)], None
+        proc = subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
+                                stdout=log_file, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
+        return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None)
 
     @property
     def result_path(self) -> Path:
@@ -161,15 +168,14 @@ class WarmPool:
         if runner is not None and not self._usable(runner):
             runner.close()
             runner = None
-        try:
-            if runner is None:
-                raise OSError("no spare")
-            runner.hand(job_id, attempt)
-        except OSError:
-            if runner is not None:
+        if runner is not None:
+            try:
+                runner.hand(job_id, attempt)
+            except OSError:  # it died since _usable looked
                 runner.close()
-            runner = RunnerProcess.spawn(framework, self.python, runner_env())
-            runner.hand(job_id, attempt)
+                runner = None
+        if runner is None:
+            runner = RunnerProcess.spawn(framework, self.python, runner_env(), (job_id, attempt))
         self.fill()
         return runner
 

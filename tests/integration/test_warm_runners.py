@@ -71,6 +71,14 @@ def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare
             assert start["spawned_s"] < 0, start
     assert len(pids) == len(jobs)  # one process per job
 
+    # And the same as a cold runner (`python -m workers.runner`, nothing preloaded).
+    fresh_stack.stop_worker("w1")
+    fresh_stack.start_worker("w2", env={"TRAINERY_WARM_RUNNERS": "off"})
+    cold = run(fresh_stack, a)
+    assert metrics(fresh_stack, cold) == first
+    _, start = start_phases(fresh_stack, cold)
+    assert start["warm"] is False and "spawned_s" not in start
+
 
 @SQLITE
 def test_a_sigkilled_worker_leaves_no_runner_and_no_spare(fresh_stack: Stack) -> None:
@@ -109,6 +117,10 @@ def test_keras_and_pytorch_jobs_alternate_on_one_worker_without_leaking(
     events = fresh_stack.client.get(f"/v1/jobs/{jobs[2]}/events").json()
     imported = [e["data"]["frameworks"] for e in events if "frameworks" in (e["data"] or {})]
     assert imported == [["tensorflow"]]
+
+    fresh_stack.stop_worker("w1")
+    fresh_stack.start_worker("w2", env={"TRAINERY_WARM_RUNNERS": "off"})
+    assert metrics(fresh_stack, run(fresh_stack, keras)) == metrics(fresh_stack, jobs[0])
 
 
 def test_a_spare_whose_environment_changed_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
