@@ -83,7 +83,8 @@ def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare
 @SQLITE
 def test_a_sigkilled_worker_leaves_no_runner_and_no_spare(fresh_stack: Stack) -> None:
     worker = fresh_stack.start_worker("w1")
-    wait_for(lambda: len(runner_processes(worker.pid)) == 1, 60, "no spare started")
+    wait_for(lambda: [c for c in runner_processes(worker.pid).values() if c.endswith("(ready)")],
+             120, "no spare ready")
     job = fresh_stack.submit(tiny_spec(epochs=200, name="long"))
     fresh_stack.wait(job["id"], statuses={"running"}, timeout=60)
     # The job's runner and the next spare.
