@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,10 @@ class Settings(BaseSettings):
     api_retry_after_s: int = Field(2, ge=1)
     worker_name: str = ""
     runner_python: str = ""
+    # Spare runners a worker keeps imported and waiting, so a job's runner starts
+    # warm (workers/warmpool.py): "last" one for the framework it ran last, "both"
+    # one per framework (more memory), "off" none (every runner starts cold).
+    warm_runners: Literal["last", "both", "off"] = "last"
 
     # Dataset uploads (docs/datasets.md): the largest file accepted, what its
     # archive (zip, npz) may unpack to and how many files it may hold, and the

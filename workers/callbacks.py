@@ -230,11 +230,14 @@ def standard_callbacks(spec: JobSpec, reporter: JobReporter, has_validation: boo
         metric = spec.metric_names()[1] if len(spec.metric_names()) > 1 else "loss"
         monitor = f"val_{metric}" if has_validation else metric
         mode = "max" if metric == "accuracy" else "min"
+    from workers.phases import FirstStep  # phases subclasses Callback: imported here
+
     tracker = BestTracker(monitor, mode)
     callbacks: list[Callback] = [tracker]
     if spec.training.early_stopping is not None:
         callbacks.append(EarlyStopping(spec.training.early_stopping, reporter))
     callbacks.append(EpochRecorder(reporter, tracker, spec.checkpoint.every_epochs,
                                    spec.checkpoint.keep_last))
+    callbacks.append(FirstStep(reporter))
     callbacks.extend(extra)
     return CallbackList(callbacks), tracker

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from app.broker import make_celery
 from app.settings import get_settings
@@ -51,3 +56,11 @@ def _start_duties(sender: Any, **_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     # Called from the signal handler in the main process: only set flags here.
     tasks.request_shutdown()
+
+
+@worker_shutdown.connect
+def _on_stopped(**_: Any) -> None:
+    # The consumer has stopped (a running job was handed back): the spares go.
+    from workers import tasks
+
+    tasks.stop_worker_duties()

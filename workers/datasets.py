@@ -12,6 +12,7 @@ from app.core.catalog import BUILTIN_DATASETS, SYNTHETIC
 from app.core.dataset_arrays import read_normalised
 from app.core.spec import DatasetSpec
 from workers.errors import UserError
+from workers.phases import PHASES
 
 # Dataset id -> its normalised npz, opened for reading (workers.dataset_cache.fetcher).
 Fetch = Callable[[str], IO[bytes]]
@@ -100,6 +101,12 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float,
 
 def load(spec: DatasetSpec, fetch: Fetch | None = None) -> Dataset:
     """Load the dataset a job names, split as the spec says; fetch opens uploaded ones."""
+    data = _load(spec, fetch)
+    PHASES.mark("data_ready")  # a runner's start phases (workers/phases.py)
+    return data
+
+
+def _load(spec: DatasetSpec, fetch: Fetch | None) -> Dataset:
     if spec.id is not None:
         if fetch is None:
             raise UserError(f"dataset {spec.id} is an upload, and this runner cannot fetch uploads")

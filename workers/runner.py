@@ -3,6 +3,7 @@
 DEVICE is the one the worker's device check verified ("cpu", "cuda:N"; default cpu).
 Imports exactly one framework, trains, and writes a one-line JSON outcome for the
 supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 1 internal.
+A warm runner (`workers.spare`) calls `preload` before its job arrives, then `main`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,24 @@ import logging
 import os
 import sys
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
 from app.blobstore import BlobStore
 from app.core.spec import JobSpec
+from app.core.states import JobStatus
 from app.db import make_engine, make_sessionmaker
+from app.models import Job, JobEvent
 from app.settings import get_settings
 from workers import faults
 from workers.errors import Superseded, UserError
+from workers.phases import PHASES
 from workers.reporting import JobReporter
-from workers.runners import preload
+from workers.runners import preload as import_framework
 from workers.runners.common import StopFlag, StopRequested
 from workers.training.run import run
 
@@ -31,13 +39,50 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_SUPERSEDED, EXIT_STOPPED = 0, 1, 3, 4, 5
 __all__ = ["main", "preload"]  # preload: a pre-started runner imports its framework early
 
 
+def preload(framework: str) -> None:
+    """What a warm runner does before its job: thread caps, the framework, the project,
+    scikit-learn's datasets. It touches no device: CUDA initialises only when the job
+    runs, so an idle spare holds no GPU memory and no CUDA context."""
+    limit_threads(get_settings().runner_threads)
+    import_framework(framework)
+    import sklearn.datasets  # noqa: F401 - builtin datasets load from it
+
+
 def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
            fault_rules: str) -> None:
     """Train with the test-only fault injection installed when the setting names rules."""
+    import_framework(spec.framework)
+    PHASES.mark("framework_ready")
     rules = faults.parse(fault_rules, spec.name)
     injection = faults.FaultInjection(rules, reporter)
     run(spec, reporter, stop, device, extra_callbacks=[injection] if injection.rules else [],
         onnx_fault=injection.onnx_fails)
+
+
+class _StartReporter(JobReporter):
+    """A JobReporter whose "training on" event carries the start phases (workers.phases)."""
+
+    def event(self, message: str, data: dict[str, Any] | None = None) -> None:
+        if message.startswith("training on"):
+            PHASES.mark("model_ready")
+            data = {**(data or {}), "start": PHASES.report()}
+        super().event(message, data)
+
+
+def _as_utc(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    # SQLite hands back naive datetimes; the store writes UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _note_start_times(factory: sessionmaker[Session], job_id: str) -> None:
+    with factory() as session:
+        PHASES.claimed_at = _as_utc(session.scalar(select(Job.started_at)
+                                                   .where(Job.id == job_id)))
+        PHASES.queued_at = _as_utc(session.scalar(
+            select(func.max(JobEvent.ts)).where(JobEvent.job_id == job_id,
+                                                JobEvent.to_status == JobStatus.QUEUED.value)))
 
 
 def limit_threads(threads: int | None) -> None:
@@ -52,6 +97,7 @@ def limit_threads(threads: int | None) -> None:
 
 def main(argv: list[str]) -> int:
     """Run one attempt of a job: argv is JOB_ID ATTEMPT RESULT_PATH [DEVICE]; the exit code."""
+    PHASES.mark("runner_started")
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
     device = argv[3] if len(argv) > 3 else "cpu"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(message)s")
@@ -61,8 +107,9 @@ def main(argv: list[str]) -> int:
     limit_threads(settings.runner_threads)
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)
-    reporter = JobReporter(factory, BlobStore(factory, settings.blob_chunk_bytes), job_id, attempt,
-                           write_behind=True)
+    reporter = _StartReporter(factory, BlobStore(factory, settings.blob_chunk_bytes), job_id,
+                              attempt, write_behind=True)
+    _note_start_times(factory, job_id)
 
     def outcome(code: int, **result: Any) -> int:
         result_path.write_text(json.dumps(result))

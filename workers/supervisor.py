@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +23,11 @@ from app.models import Job
 from app.services import lifecycle
 from app.settings import Settings
 from workers import runner as runner_module
+from workers.warmpool import WarmPool
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STDERR_TAIL_LINES = 30
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -60,15 +56,6 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-def _die_with_parent() -> None:
-    # Runs in the runner child before exec: if the worker is SIGKILLed, the
-    # kernel kills its runner too, so a lost worker never leaves a training
-    # process behind that could race the job's next attempt.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class Supervisor:
     """One per worker process; runs one job at a time."""
 
@@ -80,6 +67,7 @@ class Supervisor:
         self.current: tuple[str, int] | None = None
         self.device = "cpu"  # set from the device check
         self.idle_since = time.monotonic()
+        self.pool = WarmPool(settings)
 
     def wake(self, job_id: str) -> tuple[str, int] | None:
         """Handle one wake-up: run the most urgent job of job_id's queue; (job, attempt) run."""
@@ -113,25 +101,21 @@ class Supervisor:
                 lifecycle.add_event(session, job_id, f"the job asks for a GPU; worker "
                                     f"{self.worker} has none (a CPU-only fleet), so it trains on "
                                     "the CPU", attempt=attempt)
-        with tempfile.TemporaryDirectory(prefix="trainery-") as tmp:
-            result_path, log_path = Path(tmp) / "result.json", Path(tmp) / "runner.log"
-            with log_path.open("wb") as log_file:
-                proc = subprocess.Popen(
-                    [self.settings.runner_python or sys.executable, "-m", runner_module.__name__,
-                     job_id, str(attempt), str(result_path), self.device],
-                    cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
-                log.info("job %s attempt %d: runner pid %d", job_id, attempt, proc.pid)
-                ended, stopped_for = self._watch(proc, job_id, attempt,
-                                                 time.monotonic() + max_runtime)
+        runner = self.pool.start(spec["framework"], job_id, attempt, self.device)
+        try:
+            log.info("job %s attempt %d: runner pid %d", job_id, attempt, runner.proc.pid)
+            ended, stopped_for = self._watch(runner.proc, job_id, attempt,
+                                             time.monotonic() + max_runtime)
             if not ended:
                 return
             try:
-                result = json.loads(result_path.read_text())
+                result = json.loads(runner.result_path.read_text())
             except (OSError, ValueError):
                 result = {}
-            self._record(job_id, attempt,
-                         RunnerOutcome(proc.returncode, result, _tail(log_path), stopped_for))
+            self._record(job_id, attempt, RunnerOutcome(
+                runner.proc.returncode, result, _tail(runner.log_path), stopped_for))
+        finally:
+            runner.close()
 
     def _watch(self, proc: subprocess.Popen[bytes], job_id: str, attempt: int,
                deadline: float) -> tuple[bool, str | None]:

@@ -72,6 +72,8 @@ def start_worker_duties(app: Celery, hostname: str | None, queues: Sequence[str]
         log.error("worker %s failed its device check (%s); it takes no jobs", supervisor.worker,
                   verdict["detail"])
     supervisor.device = str(verdict["device"])
+    if verdict["ok"]:
+        supervisor.pool.fill()
     if _maintenance is None:
         _maintenance = Maintenance(supervisor.factory, supervisor.settings, supervisor, queues,
                                    supervisor.send_wake, reconcile=bool(verdict["ok"]))
@@ -87,6 +89,12 @@ def request_shutdown() -> None:
         _supervisor.shutdown.set()
     if _maintenance is not None:
         _maintenance.stop()
+
+
+def stop_worker_duties() -> None:
+    """At worker exit: stop the spare runners (a SIGKILLed worker's die by PDEATHSIG)."""
+    if _supervisor is not None:
+        _supervisor.pool.close()
 
 
 @shared_task(name=WAKE_TASK, acks_late=True, ignore_result=True)

@@ -1,0 +1,144 @@
+"""Warm runners: a spare runner per job, nothing shared between jobs, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from bench.stack import runner_processes
+from tests.harness import Stack
+from tests.specs import tiny_spec
+
+pytestmark = pytest.mark.integration
+SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def start_phases(stack: Stack, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The "training on" event's data and the "first optimizer step" event's start phases."""
+    events = stack.client.get(f"/v1/jobs/{job_id}/events").json()
+    training = [e["data"] for e in events if e["message"].startswith("training on")]
+    first = [e["data"]["start"] for e in events
+             if e["message"].startswith("first optimizer step")]
+    assert len(training) == 1 and len(first) == 1, [e["message"] for e in events]
+    return training[0], first[0]
+
+
+def metrics(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    rows = stack.client.get(f"/v1/jobs/{job_id}/metrics").json()
+    return [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in rows]
+
+
+def run(stack: Stack, spec: dict[str, Any]) -> str:
+    job = stack.submit(spec)
+    assert stack.wait(job["id"], timeout=240)["status"] == "succeeded"
+    return str(job["id"])
+
+
+@SQLITE
+def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare(
+        fresh_stack: Stack) -> None:
+    fresh_stack.start_worker("w1")
+    a = tiny_spec(epochs=2, name="a", training={"epochs": 2, "batch_size": 16, "seed": 5})
+    b = tiny_spec(epochs=3, name="b", training={"epochs": 3, "batch_size": 8, "seed": 9,
+                                                "optimizer": {"name": "sgd", "lr": 0.1}})
+    jobs = [run(fresh_stack, spec) for spec in (a, a, b, a)]
+    first = metrics(fresh_stack, jobs[0])
+    assert first and metrics(fresh_stack, jobs[1]) == first  # bit-identical: exact floats
+    assert metrics(fresh_stack, jobs[3]) == first  # after a different job, as if it ran first
+    pids = set()
+    for i, job_id in enumerate(jobs):
+        training, start = start_phases(fresh_stack, job_id)
+        assert training["cpu_threads"] == 1  # the job's TRAINERY_RUNNER_THREADS
+        assert training["start"]["pid"] == start["pid"]
+        pids.add(start["pid"])
+        assert start["since"] == "claim" and start["queued_s"] <= 0
+        assert 0 <= start["runner_started_s"] <= start["data_ready_s"] \
+            <= start["model_ready_s"] <= start["first_step_s"]
+        if i > 0:
+            # Its runner was started before the job was claimed: the spare the
+            # previous job's start left ready.
+            assert start["spawned_s"] < 0, start
+    assert len(pids) == len(jobs)  # one process per job
+
+    # And the same as a cold runner (`python -m workers.runner`, nothing preloaded).
+    fresh_stack.stop_worker("w1")
+    fresh_stack.start_worker("w2", env={"TRAINERY_WARM_RUNNERS": "off"})
+    cold = run(fresh_stack, a)
+    assert metrics(fresh_stack, cold) == first
+    _, start = start_phases(fresh_stack, cold)
+    assert start["warm"] is False and "spawned_s" not in start
+
+
+@SQLITE
+def test_a_sigkilled_worker_leaves_no_runner_and_no_spare(fresh_stack: Stack) -> None:
+    worker = fresh_stack.start_worker("w1")
+    wait_for(lambda: [c for c in runner_processes(worker.pid).values() if c.endswith("(ready)")],
+             120, "no spare ready")
+    job = fresh_stack.submit(tiny_spec(epochs=200, name="long"))
+    fresh_stack.wait(job["id"], statuses={"running"}, timeout=60)
+    # The job's runner and the next spare.
+    wait_for(lambda: len(runner_processes(worker.pid)) == 2, 60, "no runner and spare")
+    os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its process group
+    worker.wait()
+    fresh_stack.workers.pop("w1")
+    wait_for(lambda: not runner_processes(worker.pid), 10,
+             f"orphans: {runner_processes(worker.pid)}")
+
+
+@SQLITE
+def test_worker_shutdown_stops_its_spares(fresh_stack: Stack) -> None:
+    worker = fresh_stack.start_worker("w1", env={"TRAINERY_WARM_RUNNERS": "both"})
+    wait_for(lambda: len(runner_processes(worker.pid)) == 2, 60, "two spares expected")
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.wait(timeout=60)
+    fresh_stack.workers.pop("w1")
+    assert not runner_processes(worker.pid)
+
+
+@SQLITE
+def test_keras_and_pytorch_jobs_alternate_on_one_worker_without_leaking(
+        fresh_stack: Stack) -> None:
+    fresh_stack.start_worker("w1", env={"TRAINERY_WARM_RUNNERS": "both"})
+    keras = tiny_spec("keras", epochs=2, name="k")
+    jobs = [run(fresh_stack, spec) for spec in (keras, tiny_spec(epochs=2), keras)]
+    assert metrics(fresh_stack, jobs[2]) == metrics(fresh_stack, jobs[0])
+    _, start = start_phases(fresh_stack, jobs[2])
+    assert start["spawned_s"] < 0  # the Keras spare waited through the PyTorch job
+    events = fresh_stack.client.get(f"/v1/jobs/{jobs[2]}/events").json()
+    imported = [e["data"]["frameworks"] for e in events if "frameworks" in (e["data"] or {})]
+    assert imported == [["tensorflow"]]
+
+    fresh_stack.stop_worker("w1")
+    fresh_stack.start_worker("w2", env={"TRAINERY_WARM_RUNNERS": "off"})
+    assert metrics(fresh_stack, run(fresh_stack, keras)) == metrics(fresh_stack, jobs[0])
+
+
+def test_a_spare_whose_environment_changed_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import Settings
+    from workers.warmpool import WarmPool
+
+    pool = WarmPool(Settings(warm_runners="last"))
+    try:
+        pool.fill()
+        old = pool.spares["pytorch"]
+        pool.fill()
+        assert pool.spares["pytorch"] is old  # nothing changed: kept
+        monkeypatch.setenv("TRAINERY_RUNNER_THREADS", "3")
+        pool.fill()
+        new = pool.spares["pytorch"]
+        assert new is not old and old.proc.returncode is not None  # discarded and stopped
+        assert new.env["TRAINERY_RUNNER_THREADS"] == "3" and new.alive()
+    finally:
+        pool.close()
+    assert new.proc.returncode is not None and not pool.spares

@@ -1,0 +1,189 @@
+"""Runner processes, started before their job: one spare per framework, already imported.
+
+A runner still runs one job attempt and dies with its worker; what changes is when it
+starts. The worker keeps a spare (`python -m workers.spare FRAMEWORK`) that has imported
+the framework and the project and waits on its stdin; a job is handed to it as one JSON
+line, and a new spare starts at once for the next job. `TRAINERY_WARM_RUNNERS` says
+which spares a worker keeps: `last` (default) one for the framework it ran last
+(PyTorch before the first job), `both` one per framework (more memory: an idle
+PyTorch spare holds ~0.25 GB, a TensorFlow one ~0.5 GB), `off` none. Without a usable
+spare a job's runner starts cold, `python -m workers.runner JOB ATTEMPT RESULT`, as
+before. A spare is started with exactly the environment a job's runner gets; if the
+worker's environment (or runner Python) changed since, or the spare died, it is
+discarded and the job's runner starts cold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ("pytorch", "keras")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the runner child before exec: if the worker is SIGKILLed, the kernel
+    # kills its runners and spares too, so a lost worker never leaves a training
+    # process behind that could race the job's next attempt. The signal follows
+    # the *thread* that forked: spawn only from the worker's main thread.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def runner_env() -> dict[str, str]:
+    """The environment a job's runner gets: the worker's own (threads, CUDA_VISIBLE_DEVICES,
+    TRAINERY_*), unbuffered."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class RunnerProcess:
+    """One runner process with its private directory: its log and its result file."""
+
+    framework: str
+    python: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    tmp: tempfile.TemporaryDirectory[str]
+    log_file: IO[bytes]
+    job: str | None = field(default=None)
+
+    @classmethod
+    def spawn(cls, framework: str, python: str, env: dict[str, str],
+              job: tuple[str, int, str] | None = None) -> RunnerProcess:
+        """Start a spare for framework (it preloads, then waits for `hand`), or, given a
+        job, a cold `python -m workers.runner JOB ATTEMPT RESULT DEVICE` for it."""
+        tmp = tempfile.TemporaryDirectory(prefix="trainery-")
+        log_file = (Path(tmp.name) / "runner.log").open("wb")
+        if job is None:
+            argv, stdin = ["-m", "workers.spare", framework], subprocess.PIPE
+        else:
+            result = Path(tmp.name) / "result.json"
+            argv, stdin = ["-m", "workers.runner", job[0], str(job[1]), str(result), job[2]], None
+        proc = subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
+                                stdout=log_file, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
+        return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None)
+
+    @property
+    def result_path(self) -> Path:
+        return Path(self.tmp.name) / "result.json"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.tmp.name) / "runner.log"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def hand(self, job_id: str, attempt: int, device: str) -> None:
+        """Give this runner its job (on the device the worker verified); OSError if it is gone."""
+        assert self.proc.stdin is not None and self.job is None
+        line = {"argv": [job_id, str(attempt), str(self.result_path), device],
+                "handed_at": time.time()}
+        self.proc.stdin.write(json.dumps(line).encode() + b"\n")
+        self.proc.stdin.close()
+        self.job = job_id
+
+    def close(self) -> None:
+        """Stop the process if it still runs, and remove its files."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log_file.close()
+        self.tmp.cleanup()
+
+
+class WarmPool:
+    """The spares of one worker; used from the worker's main thread only."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy = settings.warm_runners
+        self.spares: dict[str, RunnerProcess] = {}
+        self.last = FRAMEWORKS[0]
+        self.closed = False
+
+    @property
+    def python(self) -> str:
+        return self.settings.runner_python or sys.executable
+
+    def wanted(self) -> list[str]:
+        """The frameworks this worker keeps a spare for now."""
+        if self.closed or self.policy == "off":
+            return []
+        return list(FRAMEWORKS) if self.policy == "both" else [self.last]
+
+    def _usable(self, spare: RunnerProcess) -> bool:
+        if not spare.alive():
+            log.warning("the %s spare runner exited (%s) before its job; see its log:\n%s",
+                        spare.framework, spare.proc.returncode,
+                        spare.log_path.read_text(errors="replace")[-2000:])
+            return False
+        if spare.env != runner_env() or spare.python != self.python:
+            log.info("the %s spare runner's environment is stale; starting a fresh one",
+                     spare.framework)
+            return False
+        return True
+
+    def fill(self) -> None:
+        """Start the spares the policy wants and drop the others (or the stale)."""
+        wanted = self.wanted()
+        for framework, spare in list(self.spares.items()):
+            if framework not in wanted or not self._usable(spare):
+                del self.spares[framework]
+                spare.close()
+        for framework in wanted:
+            if framework not in self.spares:
+                self.spares[framework] = RunnerProcess.spawn(framework, self.python,
+                                                             runner_env())
+                log.info("started a %s spare runner (pid %d)", framework,
+                         self.spares[framework].proc.pid)
+
+    def start(self, framework: str, job_id: str, attempt: int, device: str) -> RunnerProcess:
+        """A runner running attempt of job_id: the spare if usable, else a fresh one; then
+        the next spare starts."""
+        self.last = framework
+        runner = self.spares.pop(framework, None)
+        if runner is not None and not self._usable(runner):
+            runner.close()
+            runner = None
+        if runner is not None:
+            try:
+                runner.hand(job_id, attempt, device)
+            except OSError:  # it died since _usable looked
+                runner.close()
+                runner = None
+        if runner is None:
+            runner = RunnerProcess.spawn(framework, self.python, runner_env(),
+                                          (job_id, attempt, device))
+        self.fill()
+        return runner
+
+    def close(self) -> None:
+        """Stop every spare (worker shutdown); no spare starts after this."""
+        self.closed = True
+        for spare in self.spares.values():
+            spare.close()
+        self.spares.clear()
