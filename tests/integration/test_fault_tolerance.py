@@ -162,13 +162,16 @@ def test_idempotent_submit_returns_the_first_job(fresh_stack: Stack) -> None:
 @ONE_BACKEND("postgres")
 def test_sigterm_hands_the_job_back_without_using_an_attempt(fresh_stack: Stack) -> None:
     env = {"TRAINERY_FAULT_INJECTION": "slow@0:0.1/long"}
+    # Both workers start first: a worker's start-up under a loaded CPU can outlast the
+    # job, so the SIGTERM must not wait for it. Either may take the job.
     fresh_stack.start_worker("w1", env=env)
-    job = fresh_stack.submit(slow_spec("long", epochs=8))
-    wait_running(fresh_stack, job["id"], min_epoch=2)
     fresh_stack.start_worker("w2", env=env)
-    fresh_stack.stop_worker("w1", signal.SIGTERM, timeout=30)
+    job = fresh_stack.submit(slow_spec("long", epochs=8))
+    first = wait_running(fresh_stack, job["id"], min_epoch=2)["worker"].split("@")[0]
+    other = ({"w1", "w2"} - {first}).pop()
+    fresh_stack.stop_worker(first, signal.SIGTERM, timeout=30)
     done = fresh_stack.wait(job["id"], timeout=120)
-    assert done["status"] == "succeeded" and done["worker"].startswith("w2@")
+    assert done["status"] == "succeeded" and done["worker"].startswith(f"{other}@")
     path = state_path(fresh_stack, job["id"])
     assert path == ["queued", "running", "queued", "running", "succeeded"]
     evs = events(fresh_stack, job["id"])

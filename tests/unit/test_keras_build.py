@@ -73,6 +73,13 @@ class FakeReporter:
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append(message)
 
+    def flush(self) -> None:
+        """Nothing is ever pending: the writes above are synchronous.
+
+        EpochRecorder calls this once an epoch outlasts the last epoch's write lag,
+        which happens whenever the CPU is shared (parallel tests).
+        """
+
 
 def _resolved(layers: list[dict[str, Any]] | None, shape: tuple[int, ...],
               preset: str | None = None) -> list[ResolvedLayer]:
