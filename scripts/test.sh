@@ -50,9 +50,12 @@ else
     fi
 fi
 
+# The type checker is off until the code passes it; its failure fails the run, after
+# the tests have run too.
+mypy_rc=0
 if [ "${TRAINERY_TEST_MYPY:-0}" = 1 ]; then
-    echo "test: mypy --strict (pyproject [tool.mypy])"
-    python -m mypy app workers bench
+    echo "test: mypy --strict over app, workers, bench (pyproject [tool.mypy])"
+    python -m mypy app workers bench || mypy_rc=$?
 fi
 
 # Four workers on two cores: the tests mostly wait on servers, workers and runners.
@@ -64,5 +67,9 @@ if [ "$workers" != 0 ]; then
 fi
 rc=0
 python -m pytest -q -p no:cacheprovider --durations=15 ${parallel[@]+"${parallel[@]}"} "$@" || rc=$?
-# pytest's 5 means "no tests collected": that is a failure here.
+# pytest's 5 means "no tests collected": that is a failure here (any non-zero is).
+if [ "$rc" = 0 ] && [ "$mypy_rc" != 0 ]; then
+    echo "test: mypy found errors (exit $mypy_rc)"
+    rc=$mypy_rc
+fi
 exit "$rc"

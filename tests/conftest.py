@@ -21,6 +21,7 @@ from tests.harness import (
 BACKENDS = ["sqlite", "postgres"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into its node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Keep a module's tests on one backend's stack together under xdist.
 
