@@ -34,7 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "stack" in callspec.params:
             module = item.nodeid.split("::", 1)[0]
-            item.add_marker(pytest.mark.xdist_group(f"{module}[{callspec.params['stack']}]"))
+            # xdist reads a group only after an '@' behind the id's last ']': no brackets.
+            item.add_marker(pytest.mark.xdist_group(f"{module}::{callspec.params['stack']}"))
 
 
 def _database(backend: str, tmp: Path) -> str:
