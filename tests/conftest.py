@@ -29,6 +29,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     fixtures built on it (a trained job, a CLI) would be rebuilt on every worker that
     runs one of the module's tests: one group per (module, backend) builds them once.
     `--dist loadgroup` (scripts/test.sh) honours the mark; a serial run ignores it.
+    Known gap: pytest-xdist 3.8 writes the group into `item._nodeid`, which pytest 9
+    no longer reads, so under pytest 9 the marks group nothing yet (every test is
+    its own unit, as with `--dist load`).
     """
     for item in items:
         callspec = getattr(item, "callspec", None)
