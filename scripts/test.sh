@@ -3,6 +3,9 @@
 # frameworks; Redis and PostgreSQL when they are missing), then pytest.
 #   scripts/test.sh                 everything
 #   scripts/test.sh tests/unit      any pytest arguments narrow it
+# Tests run in parallel (pytest-xdist): most integration tests wait on processes.
+#   TRAINERY_TEST_WORKERS=N         xdist workers (default 4; 0 = serial, in-process)
+#   TRAINERY_TEST_MYPY=1            also run mypy --strict over app, workers, bench first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
@@ -47,7 +50,26 @@ else
     fi
 fi
 
+# The type checker is off until the code passes it; its failure fails the run, after
+# the tests have run too.
+mypy_rc=0
+if [ "${TRAINERY_TEST_MYPY:-0}" = 1 ]; then
+    echo "test: mypy --strict over app, workers, bench (pyproject [tool.mypy])"
+    python -m mypy app workers bench || mypy_rc=$?
+fi
+
+# Four workers on two cores: the tests mostly wait on servers, workers and runners.
+# loadgroup keeps each module's tests on one backend's stack together (tests/conftest.py).
+workers="${TRAINERY_TEST_WORKERS:-4}"
+parallel=()
+if [ "$workers" != 0 ]; then
+    parallel=(-n "$workers" --dist loadgroup)
+fi
 rc=0
-python -m pytest -q -p no:cacheprovider --durations=15 "$@" || rc=$?
-# pytest's 5 means "no tests collected": that is a failure here.
+python -m pytest -q -p no:cacheprovider --durations=15 ${parallel[@]+"${parallel[@]}"} "$@" || rc=$?
+# pytest's 5 means "no tests collected": that is a failure here (any non-zero is).
+if [ "$rc" = 0 ] && [ "$mypy_rc" != 0 ]; then
+    echo "test: mypy found errors (exit $mypy_rc)"
+    rc=$mypy_rc
+fi
 exit "$rc"

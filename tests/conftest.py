@@ -21,6 +21,26 @@ from tests.harness import (
 BACKENDS = ["sqlite", "postgres"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into its node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep a module's tests on one backend's stack together under xdist.
+
+    Each xdist worker starts its own session `stack` per backend, and module-scoped
+    fixtures built on it (a trained job, a CLI) would be rebuilt on every worker that
+    runs one of the module's tests: one group per (module, backend) builds them once.
+    `--dist loadgroup` (scripts/test.sh) honours the mark; a serial run ignores it.
+    Known gap: pytest-xdist 3.8 writes the group into `item._nodeid`, which pytest 9
+    no longer reads, so under pytest 9 the marks group nothing yet (every test is
+    its own unit, as with `--dist load`).
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "stack" in callspec.params:
+            module = item.nodeid.split("::", 1)[0]
+            # xdist reads a group only after an '@' behind the id's last ']': no brackets.
+            item.add_marker(pytest.mark.xdist_group(f"{module}::{callspec.params['stack']}"))
+
+
 def _database(backend: str, tmp: Path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp / 'trainery.db'}"
