@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.routers import datasets, health, jobs, workers
-from app.blobstore import BlobStore
+from app.artifacts import open_store
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker
 from app.settings import Settings, get_settings
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = s
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
-        app.state.blobstore = BlobStore(app.state.sessionmaker, s.blob_chunk_bytes)
+        app.state.blobstore = open_store(app.state.sessionmaker, s)
         app.state.celery = make_celery(s)
         try:
             yield

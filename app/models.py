@@ -139,6 +139,8 @@ class Blob(Base):
     chunk_bytes: Mapped[int] = mapped_column(Integer)
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "s3://bucket/key" when the bytes are an object in object storage (no chunks then).
+    location: Mapped[str | None] = mapped_column(String(1024))
 
 
 class BlobChunk(Base):

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from app.blobstore import BlobStore
+from app.artifacts import open_store
 from app.core.spec import JobSpec
 from app.db import make_engine, make_sessionmaker
 from app.settings import get_settings
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     limit_threads(settings.runner_threads)
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)
-    reporter = JobReporter(factory, BlobStore(factory, settings.blob_chunk_bytes), job_id, attempt,
+    reporter = JobReporter(factory, open_store(factory, settings), job_id, attempt,
                            write_behind=True)
 
     def outcome(code: int, **result: Any) -> int:
