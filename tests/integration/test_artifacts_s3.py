@@ -225,6 +225,7 @@ def test_a_job_keeps_its_artifacts_in_s3_and_leaves_no_orphans(
     assert int(r.headers["X-Trainery-Size"]) == len(model.content)
 
     # Through the API instead, for clients that cannot follow a redirect.
+    (s3_stack.data_dir / "relay").mkdir()
     relay = Stack(s3_stack.database_url, s3_stack.data_dir / "relay",
                   extra_env={**{k: v for k, v in s3_stack.env.items()
                                 if k.startswith(("TRAINERY_ARTIFACT", "TRAINERY_S3", "AWS_"))},
