@@ -12,6 +12,7 @@ from app.api.routers import datasets, health, jobs, workers
 from app.artifacts import open_store
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker
+from app.observability.metrics import install_metrics
 from app.settings import Settings, get_settings
 
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Trainery", version="0.1.0", lifespan=lifespan,
                   description="Submit a training job, poll it, download the model.")
     install_error_handlers(app)
+    install_metrics(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)

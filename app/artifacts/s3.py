@@ -81,6 +81,9 @@ class S3Objects:
         self._transfer = TransferConfig(
             multipart_threshold=settings.s3_part_bytes, multipart_chunksize=settings.s3_part_bytes,
             max_concurrency=settings.s3_max_concurrency, use_threads=True)
+        # Parts read ahead of the uploads (s3transfer's knob, not in boto3's signature):
+        # the default 10 would hold 10 parts of a stream; as many as are in flight do.
+        self._transfer.max_in_memory_upload_chunks = settings.s3_max_concurrency
 
     def url_for(self, name: str) -> str:
         """The s3:// URL an object called name gets under the prefix."""
