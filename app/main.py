@@ -12,12 +12,15 @@ from app.api.routers import datasets, health, jobs, workers
 from app.artifacts import open_store
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker
+from app.observability.logging import configure_logging, install_request_ids
 from app.observability.metrics import install_metrics
 from app.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; engines and clients are made at start-up, not at import."""
+    # Logging first: uvicorn has set up its own by now and logs its start through ours.
+    configure_logging("api", (settings or get_settings()).log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Submit a training job, poll it, download the model.")
     install_error_handlers(app)
     install_metrics(app)
+    install_request_ids(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)

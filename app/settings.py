@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     s3_presign_ttl_s: int = Field(300, ge=1, le=7 * 24 * 3600)
     model_download: Literal["redirect", "stream"] = "redirect"
 
+    # Logs: "json" one object a line, "console" for people, "auto" console on a terminal.
+    log_format: Literal["auto", "json", "console"] = "auto"
+
     limits: Limits = Field(default_factory=Limits)
 
     def resolved_database_url(self) -> str:

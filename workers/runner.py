@@ -7,7 +7,6 @@ supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 1 interna
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import traceback
@@ -17,6 +16,8 @@ from typing import Any
 from app.artifacts import open_store
 from app.core.spec import JobSpec
 from app.db import make_engine, make_sessionmaker
+from app.observability import logging as log_context
+from app.observability.logging import configure_logging
 from app.settings import get_settings
 from workers.errors import Superseded, UserError
 from workers.reporting import JobReporter
@@ -45,10 +46,11 @@ def limit_threads(threads: int | None) -> None:
 
 def main(argv: list[str]) -> int:
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(message)s")
+    settings = get_settings()
+    configure_logging("runner", settings.log_format)
+    log_context.update(job_id=job_id, attempt=attempt)
     stop = StopFlag()
     stop.install()
-    settings = get_settings()
     limit_threads(settings.runner_threads)
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)

@@ -13,6 +13,7 @@ from typing import Any
 
 from app.broker import WAKE_TASK
 from app.db import make_engine, make_sessionmaker, transaction
+from app.observability import logging as log_context
 from app.services import dispatch
 from app.services import workers as worker_service
 from app.settings import get_settings
@@ -86,7 +87,9 @@ def request_shutdown() -> None:
 
 
 @app.task(name=WAKE_TASK, acks_late=True, ignore_result=True)
-def wake(job_id: str) -> str | None:
+def wake(job_id: str, request_id: str | None = None) -> str | None:
     """A job waits in this worker's queue: run the most urgent one."""
-    claimed = init_supervisor(wake.request.hostname).wake(job_id)
+    supervisor = init_supervisor(wake.request.hostname)
+    with log_context.bound(request_id=request_id, worker=supervisor.worker):
+        claimed = supervisor.wake(job_id)
     return claimed[0] if claimed else None
