@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     s3_presign_ttl_s: int = Field(300, ge=1, le=7 * 24 * 3600)
     model_download: Literal["redirect", "stream"] = "redirect"
 
+    # Webhooks (docs/operations.md): targets on loopback, link-local and private networks
+    # are refused unless allowed; a failed delivery is retried after base, 2x base, ...
+    # (at most an hour apart) for a day.
+    webhook_allow_private: bool = False
+    webhook_retry_base_s: float = Field(10.0, gt=0)
+
     # Logs: "json" one object a line, "console" for people, "auto" console on a terminal.
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -48,7 +48,8 @@ class SeaweedServer:
         """A plain boto3 client on this server (tests list and tamper with objects)."""
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-                            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+                            config=Config(signature_version="s3v4",
+                                          s3={"addressing_style": "path"}))
 
     def start(self) -> None:
         """Start the server, wait until S3 answers, and create the bucket."""

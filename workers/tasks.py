@@ -20,6 +20,7 @@ from app.settings import get_settings
 from workers.celery_app import app
 from workers.maintenance import Maintenance
 from workers.supervisor import Supervisor
+from workers.webhook_sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def start_worker_duties(hostname: str | None, queues: Sequence[str]) -> bool:
         _maintenance = Maintenance(supervisor.factory, supervisor.settings, supervisor, queues,
                                    supervisor.send_wake, reconcile=bool(verdict["ok"]))
         _maintenance.start()
+        WebhookSender(supervisor.factory, supervisor.settings).start()
     log.info("worker %s on %s serves queues %s", supervisor.worker, verdict["device"],
              ", ".join(queues))
     return bool(verdict["ok"])

@@ -39,6 +39,8 @@ def check_command(argv: list[str]) -> None:
         assert exe in scripts
         module, func = scripts[exe].split(":")
         assert hasattr(importlib.import_module(module), func)
+    elif exe == "weed":  # the SeaweedFS image: all-in-one server with the S3 gateway
+        assert argv[1] == "server" and "-s3" in argv
     elif exe in ("redis-server", "python"):
         pass  # provided by the image
     else:
@@ -52,7 +54,7 @@ def test_compose_services_and_their_commands() -> None:
         if "build" in svc:
             assert svc["build"]["target"] in dockerfile_targets(), name
         if "command" in svc:
-            check_command(svc["command"])
+            check_command([*svc.get("entrypoint", []), *svc["command"]])
 
 
 def test_worker_reserves_a_gpu_and_api_waits_for_migrations() -> None:
