@@ -183,7 +183,7 @@ def install_metrics(app: FastAPI) -> None:
     def metrics(request: Request) -> Response:
         registry = CollectorRegistry(auto_describe=False)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:
             registry.register(_Forward(HTTP_REGISTRY))
         settings = request.app.state.settings
