@@ -30,11 +30,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.states import TERMINAL_STATES, JobStatus
-from app.models import EpochMetrics, Job, WorkerRecord, utcnow
+from app.models import EpochMetrics, Job, JobEvent, WorkerRecord, utcnow
 
 VERSION = "0.1.0"
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400)
+START_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
+# Both runners' first event once their framework is imported and the data is loaded.
+RUNNER_READY = "training on %"
 EPOCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -91,6 +94,15 @@ class SqlCollector(Collector):
                 select(Job.framework, EpochMetrics.values["epoch_time_s"].as_float())
                 .join(Job, Job.id == EpochMetrics.job_id)
                 .execution_options(yield_per=1000)).all()
+            claims = {(r.job_id, r.attempt): r.ts for r in session.execute(
+                select(JobEvent.job_id, JobEvent.attempt, JobEvent.ts).where(
+                    JobEvent.kind == "state", JobEvent.to_status == JobStatus.RUNNING.value,
+                    JobEvent.from_status == JobStatus.QUEUED.value))}
+            ready = session.execute(
+                select(Job.framework, JobEvent.job_id, JobEvent.attempt, func.min(JobEvent.ts))
+                .join(Job, Job.id == JobEvent.job_id)
+                .where(JobEvent.kind == "log", JobEvent.message.like(RUNNER_READY))
+                .group_by(Job.framework, JobEvent.job_id, JobEvent.attempt)).all()
             queued = session.execute(
                 select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED.value)
                 .group_by(Job.queue)).all()
@@ -121,6 +133,12 @@ class SqlCollector(Collector):
             WAIT_BUCKETS, "framework",
             ((r.framework, d) for r in started
              if (d := _seconds(r.started_at, r.created_at)) is not None))
+        yield _histogram(
+            "trainery_runner_start_seconds",
+            "From a worker's claim to its runner training (framework import, data, model)",
+            START_BUCKETS, "framework",
+            ((framework, d) for framework, job_id, attempt, ts in ready
+             if (d := _seconds(ts, claims.get((job_id, attempt)))) is not None))
         yield _histogram(
             "trainery_epoch_duration_seconds", "Wall time of one training epoch",
             EPOCH_BUCKETS, "framework",

@@ -72,6 +72,8 @@ def test_metrics_move_while_a_job_runs(slow_stack: Stack) -> None:
     assert value(after, "trainery_job_duration_seconds_sum", framework="pytorch") > 0
     assert value(after, "trainery_job_queue_wait_seconds_count", framework="pytorch") == 2
     assert value(after, "trainery_epoch_duration_seconds_count", framework="pytorch") == 7
+    assert value(after, "trainery_runner_start_seconds_count", framework="pytorch") == 2
+    assert value(after, "trainery_runner_start_seconds_sum", framework="pytorch") > 0
     assert depth(after) == 0
     deadline = time.monotonic() + 10  # the worker's next heartbeat
     while value(after, "trainery_workers", device="cpu", state="idle") != 1:
