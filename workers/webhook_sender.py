@@ -34,7 +34,8 @@ class WebhookSender:
             while not self._stop.wait(self.settings.maintenance_interval_s):
                 try:
                     for sent in webhooks.send_due(self.factory, client,
-                                                  self.settings.webhook_retry_base_s):
+                                                  self.settings.webhook_retry_base_s,
+                                                  self.settings.webhook_allow_private):
                         log.info("webhook delivery", extra={
                             "delivery_id": sent.delivery_id, "ok": sent.ok,
                             "status_code": sent.status_code, "error": sent.error})

@@ -174,10 +174,17 @@ def _lease_due(factory: sessionmaker[Session], limit: int) -> list[tuple[int, st
 
 
 def send_due(factory: sessionmaker[Session], client: httpx.Client, retry_base_s: float,
-             limit: int = 20) -> list[Sent]:
+             allow_private: bool = False, limit: int = 20) -> list[Sent]:
     """Send the deliveries that are due, record each outcome; what was sent."""
     results = []
     for delivery_id, url, secret, (event, payload) in _lease_due(factory, limit):
+        # Checked again at each send: a name may resolve elsewhere now than at registration.
+        host = urlparse(url).hostname or ""
+        refused = None if allow_private else _refused_address(host)
+        if refused is not None:
+            _record(factory, delivery_id, None, f"refused: {refused}", retry_base_s)
+            results.append(Sent(delivery_id, False, None, refused))
+            continue
         body = json.dumps(payload, separators=(",", ":"), default=str).encode()
         ts = int(time.time())
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(ts),
