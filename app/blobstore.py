@@ -27,9 +27,11 @@ class BlobInfo:
     id: str
     size: int
     sha256: str
+    # Where the bytes live when not in blob_chunks: "s3://bucket/key" (app/artifacts).
+    location: str | None = None
 
 
-def _rechunk(stream: Iterable[bytes], size: int) -> Iterator[bytes]:
+def rechunk(stream: Iterable[bytes], size: int) -> Iterator[bytes]:
     buffer = bytearray()
     for piece in stream:
         buffer += piece
@@ -55,7 +57,7 @@ class BlobStore:
         with transaction(self._factory) as session:
             session.add(Blob(id=blob_id, owner=owner, kind=kind, chunk_bytes=self.chunk_bytes))
         try:
-            for seq, chunk in enumerate(_rechunk(stream, self.chunk_bytes)):
+            for seq, chunk in enumerate(rechunk(stream, self.chunk_bytes)):
                 digest.update(chunk)
                 size += len(chunk)
                 with transaction(self._factory) as session:
@@ -105,11 +107,18 @@ class BlobStore:
             blob = session.get(Blob, blob_id)
             if blob is None or not blob.complete or blob.sha256 is None:
                 raise BlobMissing(blob_id)
-            return BlobInfo(blob.id, blob.size, blob.sha256)
+            return BlobInfo(blob.id, blob.size, blob.sha256, blob.location)
 
     def iter_chunks(self, blob_id: str) -> Iterator[bytes]:
         """Yield the blob's chunks in order, one short query each."""
-        self.info(blob_id)
+        info = self.info(blob_id)
+        if info.location is not None:
+            raise BlobMissing(f"blob {blob_id} is in object storage ({info.location}) and "
+                              "TRAINERY_ARTIFACT_URL is not set")
+        yield from self.iter_sql_chunks(blob_id)
+
+    def iter_sql_chunks(self, blob_id: str) -> Iterator[bytes]:
+        """The chunks stored in SQL, in order (none for a blob kept in object storage)."""
         seq = 0
         while True:
             with self._factory() as session:
@@ -128,6 +137,10 @@ class BlobStore:
         if verify and (len(data) != info.size or hashlib.sha256(data).hexdigest() != info.sha256):
             raise BlobCorrupt(f"blob {blob_id} does not match its sha256")
         return data
+
+    def presign(self, info: BlobInfo, *, filename: str, media_type: str) -> str | None:
+        """A short-lived URL a client can fetch the bytes from; None when they are in SQL."""
+        return None
 
     def delete(self, blob_id: str) -> None:
         """Remove a blob and its chunks."""

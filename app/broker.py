@@ -6,6 +6,7 @@ import logging
 
 from celery import Celery
 
+from app.observability import logging as log_context
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ def send_wakeup(celery: Celery, settings: Settings, job_id: str, queue: str) -> 
     The SQL row is the job: a lost wake-up delays it, never loses it.
     """
     try:
-        celery.send_task(WAKE_TASK, kwargs={"job_id": job_id},
+        # The request that caused it (if any) follows into the worker's log lines.
+        celery.send_task(WAKE_TASK, kwargs={"job_id": job_id,
+                                            "request_id": log_context.current("request_id")},
                          queue=queue_name(settings, queue))
         return True
     except Exception as exc:  # noqa: BLE001 - any broker failure means "not sent"

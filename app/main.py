@@ -9,15 +9,19 @@ from fastapi import FastAPI
 
 from app.api.admission import Admission
 from app.api.errors import install_error_handlers
-from app.api.routers import datasets, health, jobs, workers
-from app.blobstore import BlobStore
+from app.api.routers import datasets, health, jobs, webhooks, workers
+from app.artifacts import open_store
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker, writer
+from app.observability.logging import configure_logging, install_request_ids
+from app.observability.metrics import install_metrics
 from app.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; engines and clients are made at start-up, not at import."""
+    # Logging first: uvicorn has set up its own by now and logs its start through ours.
+    configure_logging("api", (settings or get_settings()).log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -30,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.admission = Admission(s.resolved_db_slots(), s.api_queue_wait_s,
                                         s.api_queue_max, s.api_retry_after_s)
         app.state.sessionmaker = make_sessionmaker(engine)
-        app.state.blobstore = BlobStore(app.state.sessionmaker, s.blob_chunk_bytes)
+        app.state.blobstore = open_store(app.state.sessionmaker, s)
         app.state.celery = make_celery(s)
         try:
             yield
@@ -40,10 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Trainery", version="0.1.0", lifespan=lifespan,
                   description="Submit a training job, poll it, download the model.")
     install_error_handlers(app)
+    install_metrics(app)
+    install_request_ids(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(workers.router)
+    app.include_router(webhooks.router)
     return app
 
 

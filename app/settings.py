@@ -98,6 +98,30 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(100_000, ge=1)
     dataset_cache_bytes: int = Field(8 << 30, ge=0)
 
+    # Artifact storage (docs/operations.md): unset keeps checkpoints, models and
+    # datasets as chunked blobs in SQL; "s3://bucket/prefix" puts their bytes in any
+    # S3-compatible store (credentials from the usual AWS_* variables) and keeps the
+    # metadata in SQL. Uploads go in parts of s3_part_bytes, s3_max_concurrency at a
+    # time: the memory one transfer holds. Model downloads redirect to a presigned URL
+    # valid s3_presign_ttl_s, signed for s3_public_endpoint_url when clients reach the
+    # store by another address than the service does ("stream" relays the bytes instead).
+    artifact_url: str = Field("", pattern=r"^$|^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+    s3_endpoint_url: str = ""
+    s3_public_endpoint_url: str = ""
+    s3_part_bytes: int = Field(8 << 20, ge=5 << 20, le=5 << 30)
+    s3_max_concurrency: int = Field(4, ge=1, le=64)
+    s3_presign_ttl_s: int = Field(300, ge=1, le=7 * 24 * 3600)
+    model_download: Literal["redirect", "stream"] = "redirect"
+
+    # Webhooks (docs/operations.md): targets on loopback, link-local and private networks
+    # are refused unless allowed; a failed delivery is retried after base, 2x base, ...
+    # (at most an hour apart) for a day.
+    webhook_allow_private: bool = False
+    webhook_retry_base_s: float = Field(10.0, gt=0)
+
+    # Logs: "json" one object a line, "console" for people, "auto" console on a terminal.
+    log_format: Literal["auto", "json", "console"] = "auto"
+
     limits: Limits = Field(default_factory=Limits)
 
     def resolved_db_slots(self) -> int:

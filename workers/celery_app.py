@@ -12,12 +12,14 @@ from typing import Any
 
 from celery.signals import (
     celeryd_after_setup,
+    setup_logging,
     worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
 
 from app.broker import make_celery
+from app.observability.logging import configure_logging
 from app.settings import get_settings
 from workers import tasks
 
@@ -32,6 +34,12 @@ app.conf.update(
 celery_app = app
 
 _hostname: str | None = None
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    # Connected, this signal replaces Celery's own logging set-up: ours is the one.
+    configure_logging("worker", settings.log_format)
 
 
 @celeryd_after_setup.connect

@@ -9,7 +9,6 @@ A warm runner (`workers.spare`) calls `preload` before its job arrives, then `ma
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import traceback
@@ -20,11 +19,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.blobstore import BlobStore
+from app.artifacts import open_store
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
 from app.db import make_engine, make_sessionmaker
 from app.models import Job, JobEvent
+from app.observability import logging as log_context
+from app.observability.logging import configure_logging
 from app.settings import get_settings
 from workers import faults
 from workers.errors import Superseded, UserError
@@ -100,15 +101,16 @@ def main(argv: list[str]) -> int:
     PHASES.mark("runner_started")
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
     device = argv[3] if len(argv) > 3 else "cpu"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(message)s")
+    settings = get_settings()
+    configure_logging("runner", settings.log_format)
+    log_context.update(job_id=job_id, attempt=attempt)
     stop = StopFlag()
     stop.install()
-    settings = get_settings()
     limit_threads(settings.runner_threads)
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)
-    reporter = _StartReporter(factory, BlobStore(factory, settings.blob_chunk_bytes), job_id,
-                              attempt, write_behind=True)
+    reporter = _StartReporter(factory, open_store(factory, settings), job_id, attempt,
+                              write_behind=True)
     _note_start_times(factory, job_id)
 
     def outcome(code: int, **result: Any) -> int:

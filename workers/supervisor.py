@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.states import JobStatus
 from app.db import transaction
 from app.models import Job
+from app.observability import logging as log_context
 from app.services import lifecycle
 from app.settings import Settings
 from workers import runner as runner_module
@@ -84,6 +85,7 @@ class Supervisor:
             log.info("wake-up for %s: nothing left to run in queue %s", job_id, queue)
             return None
         self.current = claimed
+        log_context.update(job_id=claimed[0], attempt=claimed[1])
         try:
             self.supervise(*claimed)
         finally:

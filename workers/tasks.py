@@ -18,11 +18,13 @@ from celery import Celery, shared_task
 
 from app.broker import WAKE_TASK
 from app.db import make_engine, make_sessionmaker, transaction
+from app.observability import logging as log_context
 from app.services import dispatch
 from app.services import workers as worker_service
 from app.settings import get_settings
 from workers.maintenance import Maintenance
 from workers.supervisor import Supervisor
+from workers.webhook_sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ def start_worker_duties(app: Celery, hostname: str | None, queues: Sequence[str]
         _maintenance = Maintenance(supervisor.factory, supervisor.settings, supervisor, queues,
                                    supervisor.send_wake, reconcile=bool(verdict["ok"]))
         _maintenance.start()
+        WebhookSender(supervisor.factory, supervisor.settings).start()
     log.info("worker %s on %s serves queues %s", supervisor.worker, verdict["device"],
              ", ".join(queues))
     return bool(verdict["ok"])
@@ -98,7 +101,9 @@ def stop_worker_duties() -> None:
 
 
 @shared_task(name=WAKE_TASK, acks_late=True, ignore_result=True)
-def wake(job_id: str) -> str | None:
+def wake(job_id: str, request_id: str | None = None) -> str | None:
     """A job waits in this worker's queue: run the most urgent one."""
-    claimed = init_supervisor(wake.app, wake.request.hostname).wake(job_id)
+    supervisor = init_supervisor(wake.app, wake.request.hostname)
+    with log_context.bound(request_id=request_id, worker=supervisor.worker):
+        claimed = supervisor.wake(job_id)
     return claimed[0] if claimed else None

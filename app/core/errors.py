@@ -30,6 +30,10 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
 class Unauthorized(DomainError):
     status_code = 401
     code = "unauthorized"

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.core.states import JobStatus
 from app.models import EpochMetrics, Job, JobEvent, utcnow
+from app.services import webhooks
 
 S = JobStatus
 
@@ -65,6 +66,8 @@ def transition(session: Session, job_id: str, from_states: Iterable[JobStatus], 
         return False
     add_event(session, job_id, reason, kind="state", attempt=values.get("attempt", current.attempt),
               from_status=current.status, to_status=to.value, data=data)
+    if to.is_terminal:  # in this transaction: an ended job's webhooks are never lost
+        webhooks.job_ended(session, job_id, to.value)
     return True
 
 

@@ -48,6 +48,8 @@ def check_command(argv: list[str]) -> None:
         module, func = plugin.split(":")
         server_app = importlib.import_module(module).server_app
         assert argv[1] in {c.name or c.callback.__name__ for c in server_app.registered_commands}
+    elif exe == "weed":  # the SeaweedFS image: all-in-one server with the S3 gateway
+        assert argv[1] == "server" and "-s3" in argv
     elif exe in ("redis-server", "python"):
         pass  # provided by the image
     else:
@@ -61,7 +63,7 @@ def test_compose_services_and_their_commands() -> None:
         if "build" in svc:
             assert svc["build"]["target"] in dockerfile_targets(), name
         if "command" in svc:
-            check_command(svc["command"])
+            check_command([*svc.get("entrypoint", []), *svc["command"]])
 
 
 def test_worker_reserves_a_gpu_and_api_waits_for_migrations() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import (
@@ -19,6 +19,7 @@ from app.api.deps import (
     SettingsDep,
     UnitOfWorkDep,
 )
+from app.blobstore import BlobInfo
 from app.core.errors import ModelNotReady
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
@@ -156,9 +157,10 @@ def get_checkpoints(job_id: str, session: SessionDep, owner: OwnerDep) -> list[C
 
 @router.get("/{job_id}/model")
 def download_model(job_id: str, session: SessionDep, owner: OwnerDep, blobs: BlobStoreDep,
-                   format: str | None = None,
+                   settings: SettingsDep, format: str | None = None,
                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    """Stream the trained model; ETag is its sha256."""
+    """Stream the trained model, or redirect to a presigned URL when it is an object in
+    S3 (TRAINERY_MODEL_DOWNLOAD); ETag and X-Trainery-SHA256 carry its sha256."""
     job = job_service.get_job(session, job_id, owner)
     artifact, blob = job_service.model_artifact(session, job, format)
     etag = f'"{blob.sha256}"'
@@ -166,6 +168,14 @@ def download_model(job_id: str, session: SessionDep, owner: OwnerDep, blobs: Blo
                "Content-Disposition": f'attachment; filename="{artifact.filename}"'}
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
+    info = BlobInfo(blob.id, blob.size, blob.sha256 or "", blob.location)
+    url = (blobs.presign(info, filename=artifact.filename, media_type=artifact.media_type)
+           if settings.model_download == "redirect" else None)
+    if url is not None:
+        # The object store's ETag is not our sha256: clients check this header's.
+        return RedirectResponse(url, status_code=307,
+                                headers={"ETag": etag, "X-Trainery-SHA256": blob.sha256 or "",
+                                         "X-Trainery-Size": str(blob.size)})
     return StreamingResponse(blobs.iter_chunks(blob.id), media_type=artifact.media_type,
                              headers=headers)
 

@@ -1,0 +1,1 @@
+"""Metrics, logs and the request id: how the service is watched."""

@@ -1,0 +1,156 @@
+"""Structured logs: one JSON object a line (or the console format on a terminal), with
+the request, job, attempt and worker the line belongs to.
+
+The context lives in contextvars, so it follows a request through the API's threads
+and tasks and a wake-up through the worker; a request's id travels to the worker in
+the wake-up message (app.broker.send_wakeup).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # workers import this module too; they need no FastAPI
+    from fastapi import FastAPI, Request, Response
+
+FIELDS = ("request_id", "job_id", "attempt", "worker")
+_context: dict[str, ContextVar[Any]] = {name: ContextVar(name, default=None) for name in FIELDS}
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's id is kept only if it is short and plain (it goes into every line).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# LogRecord's own attributes: everything else on a record is an extra field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def current(name: str) -> Any:
+    """The value of one context field (None outside any)."""
+    return _context[name].get()
+
+
+def update(**fields: Any) -> None:
+    """Set context fields for the rest of this context (a claimed job, its attempt)."""
+    for name, value in fields.items():
+        _context[name].set(value)
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Context fields for the duration of a block; whatever was set inside is undone."""
+    tokens = {name: _context[name].set(_context[name].get()) for name in FIELDS}
+    update(**fields)
+    try:
+        yield
+    finally:
+        for name, token in tokens.items():
+            _context[name].reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the context fields onto each record (a handler filter: every logger's lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in FIELDS:
+            if not hasattr(record, name):
+                setattr(record, name, _context[name].get())
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, event, the context, any extras."""
+
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "component": self.component,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The human format: time, level, message, then the context that is set."""
+
+    def __init__(self, component: str) -> None:
+        super().__init__(f"%(asctime)s %(levelname)-7s {component} %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = " ".join(f"{n}={getattr(record, n)}" for n in FIELDS
+                           if getattr(record, n, None) is not None)
+        return f"{text} [{context}]" if context else text
+
+
+def resolve_format(setting: str) -> str:
+    """auto: the console format on a terminal, JSON otherwise (a service, a container)."""
+    if setting != "auto":
+        return setting
+    return "console" if sys.stderr.isatty() else "json"
+
+
+def configure_logging(component: str, fmt: str = "auto", level: int = logging.INFO) -> None:
+    """Route every logger of this process through one handler in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter(component) if resolve_format(fmt) == "json"
+                         else ConsoleFormatter(component))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        # Plain stream handlers (basicConfig's, ours from before) would print every line
+        # twice; others (a test runner's capture) stay.
+        if type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # uvicorn's and Celery's own handlers would print a second, unstructured copy.
+    for name in ("uvicorn", "uvicorn.error", "celery", "celery.worker", "celery.app.trace"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # replaced by the "request" line
+
+
+def install_request_ids(app: FastAPI) -> None:
+    """X-Request-ID (or a new id) on every request, its response and every line it causes,
+    and one "request" line per request with its duration."""
+    log = logging.getLogger("trainery.api")
+
+    @app.middleware("http")
+    async def request_context(request: Request,
+                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+        with bound(request_id=request_id):
+            try:
+                response = await call_next(request)
+                status = response.status_code
+                response.headers[REQUEST_ID_HEADER] = request_id
+                return response
+            finally:
+                route = getattr(request.scope.get("route"), "path", None)
+                log.info("request", extra={
+                    "method": request.method, "path": request.url.path, "route": route,
+                    "status": status, "duration_s": round(time.perf_counter() - started, 6)})

@@ -1,0 +1,64 @@
+"""Real log lines of a real API and worker, parsed as JSON; a request id follows the job."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Stack
+from tests.specs import tiny_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def json_stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(f"sqlite:///{tmp_path / 'trainery.db'}", tmp_path,
+                  extra_env={"TRAINERY_LOG_FORMAT": "json"})
+    from tests.harness import migrate
+
+    migrate(stack.database_url)
+    try:
+        stack.start_api()
+        stack.start_worker("w1")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line that is a JSON object (Celery's start banner is printed, not logged)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_every_line_is_json_and_the_request_id_reaches_the_worker(json_stack: Stack) -> None:
+    r = json_stack.client.post("/v1/jobs", json=tiny_spec(epochs=1),
+                               headers={"X-Request-ID": "req-logs-42"})
+    assert r.status_code == 201 and r.headers["X-Request-ID"] == "req-logs-42"
+    job_id = r.json()["id"]
+    assert json_stack.wait(job_id)["status"] == "succeeded"
+    generated = json_stack.client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    bad = json_stack.client.get("/healthz", headers={"X-Request-ID": "no spaces please"})
+    assert bad.headers["X-Request-ID"] != "no spaces please"  # replaced, not echoed
+
+    api_text = json_stack.log_path("api").read_text().splitlines()
+    api = [json.loads(line) for line in api_text if line.strip()]  # every line parses
+    assert len(api) == len([line for line in api_text if line.strip()])
+    submit = [x for x in api if x.get("request_id") == "req-logs-42" and x["event"] == "request"]
+    assert len(submit) == 1
+    line = submit[0]
+    assert (line["method"], line["route"], line["status"], line["level"]) == (
+        "POST", "/v1/jobs", 201, "info")
+    assert isinstance(line["duration_s"], float) and line["ts"].endswith("+00:00")
+
+    worker = json_lines(json_stack.log_path("worker-w1"))
+    caused = [x for x in worker if x.get("request_id") == "req-logs-42"]
+    assert caused, "the wake-up did not carry the request id into the worker"
+    assert any(x.get("job_id") == job_id and x.get("attempt") == 1 and x.get("worker")
+               for x in caused)
+    assert all({"ts", "level", "event", "component"} <= set(x) for x in worker)
