@@ -13,6 +13,7 @@ from app.blobstore import BlobStore
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker
 from app.settings import Settings, get_settings
+from app.web.routes import install as install_web
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(workers.router)
+    install_web(app)
     return app
 
 

@@ -13,6 +13,7 @@ from app.blobstore import BlobStore
 from app.core.errors import Unauthorized
 from app.services import keys
 from app.settings import Settings
+from app.web.session import cookie_owner
 
 
 def get_settings(request: Request) -> Settings:
@@ -45,6 +46,9 @@ def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settin
     With TRAINERY_AUTH_REQUIRED a request without a valid token is refused.
     """
     if authorization is None:
+        owner = cookie_owner(request)  # the dashboard's signed-in browser
+        if owner is not None:
+            return owner
         if settings.auth_required:
             raise Unauthorized("this service needs an API key: send Authorization: Bearer <key>")
         return settings.default_owner

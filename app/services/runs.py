@@ -1,0 +1,123 @@
+"""Runs side by side: timed metric series, the spec fields that differ, best and last values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import InvalidInput, problem
+from app.models import EpochMetrics, Job
+from app.services import jobs as job_service
+
+MAX_COMPARE = 20
+# Metrics where a larger value is better; every other one (losses, errors) is minimised.
+HIGHER_IS_BETTER = ("acc", "auc", "f1", "precision", "recall", "r2")
+# Metrics that describe the run rather than score it: no "best".
+UNSCORED = frozenset({"lr"})
+
+
+def series(session: Session, job: Job) -> list[dict[str, Any]]:
+    """One row per epoch: epoch, t (seconds since the job started) and the metric values."""
+    rows = list(session.scalars(select(EpochMetrics).where(EpochMetrics.job_id == job.id)
+                                .order_by(EpochMetrics.epoch)))
+    start = job.started_at or (rows[0].created_at if rows else None)
+    out = []
+    for r in rows:
+        t = (r.created_at - start).total_seconds() if start is not None else 0.0
+        out.append({"epoch": r.epoch, "t": round(max(t, 0.0), 3), **r.values})
+    return out
+
+
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The metric keys of a series in first-seen order (not epoch or t)."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k not in ("epoch", "t") and isinstance(v, (int, float)):
+                names.setdefault(k)
+    return list(names)
+
+
+def higher_is_better(metric: str) -> bool:
+    base = metric.removeprefix("val_")
+    return any(base.startswith(h) for h in HIGHER_IS_BETTER)
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per metric: the best value (None for unscored ones like lr) and the last one."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name in metric_names(rows):
+        values = [float(r[name]) for r in rows if isinstance(r.get(name), (int, float))]
+        if not values:
+            continue
+        best: float | None = None
+        if name not in UNSCORED:
+            best = max(values) if higher_is_better(name) else min(values)
+        out[name] = {"best": best, "last": values[-1]}
+    return out
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": [1]}} -> {"a.b[0]": 1}: a spec as field paths."""
+    if isinstance(value, dict):
+        if not value and prefix:
+            return {prefix: {}}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list):
+        if not value:
+            return {prefix: []}
+        out = {}
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def differing_fields(specs: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """The field paths whose values are not the same in every spec, with each spec's value.
+
+    A field missing from a spec counts as None; the job name always differs by design and is
+    shown elsewhere, so it is left out.
+    """
+    flat = [flatten(s) for s in specs]
+    paths: dict[str, None] = {}
+    for f in flat:
+        for p in f:
+            paths.setdefault(p)
+    out = []
+    for p in paths:
+        if p == "name":
+            continue
+        values = [f.get(p) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            out.append((p, values))
+    return out
+
+
+def parse_ids(raw: list[str]) -> list[str]:
+    """Job ids from ?ids=a&ids=b or ?ids=a,b, de-duplicated; InvalidInput past MAX_COMPARE."""
+    ids: dict[str, None] = {}
+    for item in raw:
+        for part in item.split(","):
+            if part.strip():
+                ids.setdefault(part.strip())
+    if not ids:
+        raise InvalidInput([problem(("ids",), "tick at least one job to compare")])
+    if len(ids) > MAX_COMPARE:
+        raise InvalidInput([problem(("ids",), f"{len(ids)} jobs asked for; at most "
+                                    f"{MAX_COMPARE} can be compared at once")])
+    return list(ids)
+
+
+def compare(session: Session, owner: str, ids: list[str]) -> list[tuple[Job, list[dict[str, Any]]]]:
+    """Each job (the owner's only; JobNotFound otherwise) with its timed series."""
+    out = []
+    for job_id in ids:
+        job = job_service.get_job(session, job_id, owner)
+        out.append((job, series(session, job)))
+    return out
