@@ -228,8 +228,8 @@ def new_page(page: PageDep, db: SessionDep, from_: Annotated[str | None, Query(a
     spec = forms.DEFAULT_SPEC
     if from_:
         spec = dict(job_service.get_job(db, from_, page.owner).spec)
-    return page.render("new.html", text=forms.spec_text(spec), values=forms.common_values(spec),
-                       field_problems={}, problems=[])
+    return page.render("new.html", text=forms.spec_text(spec), values={},
+                       current=forms.common_values(spec), field_problems={}, problems=[])
 
 
 @router.post("/new")
@@ -254,7 +254,15 @@ async def submit(page: PageDep, factory: SessionFactoryDep, settings: SettingsDe
     by_field, rest = forms.split_problems(problems)
     values = {name: fields.get(name, "") for name in forms.COMMON_FIELDS}
     return page.render("new.html", status_code=422, text=text, values=values,
-                       field_problems=by_field, problems=rest)
+                       current=_editor_values(text), field_problems=by_field, problems=rest)
+
+
+def _editor_values(text: str) -> dict[str, str]:
+    # The placeholders show what the editor's spec says, when it parses.
+    try:
+        return forms.common_values(forms.build_spec(text, {}))
+    except InvalidInput:
+        return {}
 
 
 # -- datasets -----------------------------------------------------------------

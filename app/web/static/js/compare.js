@@ -58,7 +58,9 @@
 
   function mount(c) {
     if (c.plot) c.plot.destroy();
-    c.plot = new uPlot(options(c), table(c.metric), c.area);
+    const opts = options(c);
+    c.plot = new uPlot(opts, table(c.metric), c.area);
+    c.fig.dataset.series = String(opts.series.length - 1);
     c.area.dataset.mounted = "1";
   }
 
