@@ -172,7 +172,7 @@ def job_page(job_id: str, page: PageDep, db: SessionDep, settings: SettingsDep) 
     events = job_service.events(db, job, 0, PAGE_EVENTS)
     unavailable = ((job.model_card or {}).get("unavailable_formats") or {})
     formats = [(f, unavailable.get(f)) for f in job_service.FORMATS[job.framework]]
-    data = {"id": job.id, "status": job.status, "rows": rows,
+    data = {"id": job.id, "status": job.status, "rows": rows, "order": runs.CHART_ORDER,
             "after": events[-1].id if events else 0,
             "terminal": JobStatus(job.status).is_terminal}
     return page.render("job.html", job=public, events=events,
@@ -212,9 +212,11 @@ def compare_page(page: PageDep, db: SessionDep,
     for _, rows in pairs:
         for m in runs.metric_names(rows):
             metrics.setdefault(m)
-    data = {"runs": [{"id": j.id, "name": j.name, "rows": rows} for j, rows in pairs],
-            "metrics": list(metrics)}
-    return page.render("compare.html", jobs=[j for j, _ in pairs], metrics=list(metrics),
+    names = runs.chart_order(list(metrics))
+    data = {"runs": [{"id": j.id, "name": j.name, "columns": runs.columns(rows, names)}
+                     for j, rows in pairs],
+            "metrics": names}
+    return page.render("compare.html", jobs=[j for j, _ in pairs], metrics=names,
                        summaries=[runs.summary(rows) for _, rows in pairs],
                        diff=runs.differing_fields([j.spec for j, _ in pairs]), data=data)
 

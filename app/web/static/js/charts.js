@@ -35,6 +35,25 @@
     io.observe(el);
   }
 
+  // Where a metric's chart goes: the server's order (loss first, timings last), others between.
+  function rank(name, order) {
+    const base = name.startsWith("val_") ? name.slice(4) : name;
+    const i = (order || []).indexOf(base);
+    return i >= 0 ? i : (order || []).indexOf("*");
+  }
+
+  function ordered(names, order) {
+    return names.slice().sort(function (a, b) { return rank(a, order) - rank(b, order); });
+  }
+
+  // Ticks in at most 4 significant digits (uPlot's defaults can round 0.0015 to 0.002).
+  function tickValues(u, vals) {
+    return vals.map(function (v) { return v === null ? "" : Number(v.toPrecision(4)).toString(); });
+  }
+
+  // Whole-number steps for an epoch axis.
+  const EPOCH_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+
   // loss + val_loss in one chart, accuracy + val_accuracy in another, lr alone...
   function groups(names) {
     const byBase = new Map();
@@ -82,5 +101,6 @@
   });
 
   window.TraineryCharts = { color: color, ema: ema, lazyMount: lazyMount, groups: groups,
+    ordered: ordered, tickValues: tickValues, EPOCH_INCRS: EPOCH_INCRS,
     metricNames: metricNames, box: box, width: width, HEIGHT: HEIGHT, live: live };
 })();

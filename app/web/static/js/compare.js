@@ -21,8 +21,9 @@
     const xs = new Set();
     const perRun = data.runs.map(function (run) {
       const m = new Map();
-      for (const r of run.rows) {
-        if (typeof r[metric] === "number" && typeof r[xKey] === "number") { m.set(r[xKey], r[metric]); xs.add(r[xKey]); }
+      const xcol = run.columns[xKey], ycol = run.columns[metric];
+      for (let i = 0; i < xcol.length; i++) {
+        if (ycol[i] !== null) { m.set(xcol[i], ycol[i]); xs.add(xcol[i]); }
       }
       return m;
     });
@@ -52,7 +53,8 @@
     });
     return { width: C.width(c.area), height: C.HEIGHT, series: series,
       scales: { x: { time: false }, y: { distr: logY.checked ? 3 : 1 } },
-      axes: [{ label: xAxis.value === "t" ? "wall-clock (s since start)" : "epoch" }, {}],
+      axes: [xAxis.value === "t" ? { label: "wall-clock (s since start)" }
+        : { label: "epoch", incrs: C.EPOCH_INCRS }, { values: C.tickValues, size: 60 }],
       legend: { show: false }, cursor: { points: { show: false } } };
   }
 
@@ -61,6 +63,7 @@
     const opts = options(c);
     c.plot = new uPlot(opts, table(c.metric), c.area);
     c.fig.dataset.series = String(opts.series.length - 1);
+    performance.mark("trainery-chart-mounted"); // bench/web_charts.py reads these
     c.area.dataset.mounted = "1";
   }
 

@@ -27,13 +27,15 @@
         points: { show: true, size: 5 } });
     });
     c.plot = new uPlot({ width: C.width(c.area), height: C.HEIGHT, series: series,
-      scales: { x: { time: false } }, axes: [{ label: "epoch" }, {}],
+      scales: { x: { time: false } },
+      axes: [{ label: "epoch", incrs: C.EPOCH_INCRS }, { values: C.tickValues, size: 60 }],
       legend: { live: true } }, table(c.keys), c.area);
     c.area.dataset.mounted = "1";
+    performance.mark("trainery-chart-mounted"); // bench/web_charts.py reads these
   }
 
   function refresh() {
-    const names = C.metricNames(sortedRows());
+    const names = C.ordered(C.metricNames(sortedRows()), data.order);
     document.getElementById("curves-empty").hidden = names.length > 0;
     for (const g of C.groups(names)) {
       let c = charts.get(g.title);
