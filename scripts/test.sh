@@ -47,6 +47,14 @@ else
     fi
 fi
 
+# Chromium: the dashboard's browser tests (tests/integration/test_web.py) drive the
+# distribution's headless Chromium through Playwright (Playwright's own download is
+# not used).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    echo "test: installing chromium"
+    apt_install chromium
+fi
+
 rc=0
 python -m pytest -q -p no:cacheprovider --durations=15 "$@" || rc=$?
 # pytest's 5 means "no tests collected": that is a failure here.

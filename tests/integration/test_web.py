@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from playwright import sync_api as playwright_api
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -25,7 +26,6 @@ from tests.specs import tiny_spec
 
 pytestmark = pytest.mark.integration
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
