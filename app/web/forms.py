@@ -35,7 +35,7 @@ DEFAULT_SPEC: dict[str, Any] = {
 
 def spec_text(spec: dict[str, Any]) -> str:
     """A spec as the editor shows it (YAML, keys in spec order)."""
-    return yaml.safe_dump(spec, sort_keys=False, default_flow_style=False)
+    return str(yaml.safe_dump(spec, sort_keys=False, default_flow_style=False))
 
 
 def common_values(spec: dict[str, Any]) -> dict[str, str]:

@@ -175,10 +175,20 @@ def job_page(job_id: str, page: PageDep, db: SessionDep, settings: SettingsDep) 
     data = {"id": job.id, "status": job.status, "rows": rows, "order": runs.CHART_ORDER,
             "after": events[-1].id if events else 0,
             "terminal": JobStatus(job.status).is_terminal}
-    return page.render("job.html", job=public, events=events,
+    return page.render("job.html", job=public, events=events, stderr_tail=_stderr_tail(events),
                        checkpoints=job_service.checkpoints(db, job),
                        card=job.model_card if job.status == JobStatus.SUCCEEDED.value else None,
                        formats=formats, spec_text=forms.spec_text(job.spec), data=data)
+
+
+def _stderr_tail(events: list[Any]) -> str | None:
+    # The supervisor keeps the runner's last output (the traceback of an internal
+    # error) in the data of the event that failed the job.
+    for event in reversed(events):
+        if event.to_status == JobStatus.FAILED.value and event.data:
+            tail = event.data.get("stderr_tail")
+            return str(tail) if tail else None
+    return None
 
 
 @router.post("/jobs/{job_id}/cancel")

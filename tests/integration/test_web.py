@@ -30,8 +30,9 @@ pytestmark = pytest.mark.integration
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-# Jobs called "slowjob" sleep after every batch, so a page can watch them train.
-SLOW = {"TRAINERY_FAULT_INJECTION": "slow@0:0.12/slowjob"}
+# Jobs called "slowjob" sleep after every batch, so a page can watch them train;
+# "failjob" raises at the end of its first epoch.
+SLOW = {"TRAINERY_FAULT_INJECTION": "slow@0:0.12/slowjob,raise@1/failjob"}
 XSS = "<script>alert(1)</script>"
 
 
@@ -167,6 +168,21 @@ def test_cancel_from_the_page_cancels(web: Stack, pages: tuple[Any, Console]) ->
     assert web.wait(job["id"], timeout=120)["status"] == "cancelled"
     page.locator("#job-status .status-cancelled").wait_for(timeout=30_000)
     page.locator("#retry").wait_for(timeout=30_000)  # the page reloads once the job ended
+
+
+def test_a_failed_job_shows_its_error_and_the_runner_output(
+        web: Stack, pages: tuple[Any, Console]) -> None:
+    context, _ = pages
+    job = web.submit(tiny_spec(epochs=3, name="failjob"))
+    failed = web.wait(job["id"])
+    assert failed["status"] == "failed"
+    page = context.new_page()
+    page.goto(f"{web.url}/jobs/{job['id']}")
+    box = page.locator(".error-box")
+    assert failed["error"]["type"] in box.inner_text()
+    assert failed["error"]["message"].splitlines()[0] in box.inner_text()
+    assert "Traceback" in page.locator(".error-box pre.traceback").inner_text()
+    assert page.locator("#retry").is_visible()
 
 
 def test_compare_overlays_runs_and_shows_only_differing_fields(
