@@ -11,7 +11,6 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
@@ -26,6 +25,7 @@ from app.services import datasets as dataset_service
 from app.services import dispatch, runs
 from app.services import jobs as job_service
 from app.web import forms, session, views
+from app.web.assets import CachedStatic, static_url
 from app.web.security import SecurityHeaders
 
 HERE = Path(__file__).parent
@@ -38,7 +38,7 @@ PAGE_EVENTS = 500
 _env = Environment(loader=FileSystemLoader(HERE / "templates"),
                    autoescape=select_autoescape(default=True, default_for_string=True))
 _env.filters.update(views.FILTERS)
-_env.globals.update(is_live=views.is_live, statuses=[s.value for s in JobStatus],
+_env.globals.update(is_live=views.is_live, static=static_url, statuses=[s.value for s in JobStatus],
                     poll_s=LIST_POLL_S)
 templates = Jinja2Templates(env=_env)
 
@@ -334,5 +334,5 @@ async def signout(request: Request) -> Response:
 def install(app: FastAPI) -> None:
     """Mount the pages, their static files and the security headers on the API app."""
     app.include_router(router)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount("/static", CachedStatic(directory=HERE / "static"), name="static")
     app.add_middleware(SecurityHeaders)
