@@ -16,6 +16,7 @@ from app.db import make_engine, make_sessionmaker, writer
 from app.observability.logging import configure_logging, install_request_ids
 from app.observability.metrics import install_metrics
 from app.settings import Settings, get_settings
+from app.web.routes import install as install_web
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(workers.router)
     app.include_router(webhooks.router)
+    install_web(app)
     return app
 
 

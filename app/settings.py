@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Refuse requests without an API key (`trainery keys create`); off, requests
     # without one act as default_owner.
     auth_required: bool = False
+    # Signs the dashboard's session cookie; unset, one is generated into data_dir/web_secret.
+    web_secret: str = ""
 
     heartbeat_interval_s: float = Field(2.0, gt=0)
     # A running job whose heartbeat is older than this lost its worker.

@@ -50,6 +50,14 @@ else
     fi
 fi
 
+# Chromium: the dashboard's browser tests (tests/integration/test_web.py) drive the
+# distribution's headless Chromium through Playwright (Playwright's own download is
+# not used).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    echo "test: installing chromium"
+    apt_install chromium
+fi
+
 # The type checker is off until the code passes it; its failure fails the run, after
 # the tests have run too.
 mypy_rc=0

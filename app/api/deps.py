@@ -16,6 +16,7 @@ from app.core.errors import Unauthorized
 from app.services import dispatch, keys
 from app.services.unit_of_work import UnitOfWork
 from app.settings import Settings
+from app.web.session import cookie_owner
 
 # Methods whose unit of work only reads; the others take the write lock up front.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -68,6 +69,9 @@ def get_celery(request: Request) -> Celery:
 def _owner(settings: Settings, authorization: str | None,
            lookup: Callable[[str], str | None]) -> str:
     if authorization is None:
+        owner = cookie_owner(request)  # the dashboard's signed-in browser
+        if owner is not None:
+            return owner
         if settings.auth_required:
             raise Unauthorized("this service needs an API key: send Authorization: Bearer <key>")
         return settings.default_owner

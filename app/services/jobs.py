@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -166,9 +166,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
-              cursor: str | None) -> tuple[list[Job], str | None]:
+              cursor: str | None, name_contains: str | None = None) -> tuple[list[Job], str | None]:
     """A page of jobs, newest first, and the cursor of the next page."""
     stmt = select(Job).where(Job.owner == owner)
+    if name_contains:
+        stmt = stmt.where(func.lower(Job.name).contains(name_contains.lower(), autoescape=True))
     if status is not None:
         if status not in {s.value for s in JobStatus}:
             raise InvalidInput([problem(("status",), f"unknown status {status!r}; choose one of "
