@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
-from app.api.routers import datasets, health, jobs, workers
+from app.api.routers import datasets, health, jobs, studies, workers
 from app.blobstore import BlobStore
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(workers.router)
+    app.include_router(studies.router)
     return app
 
 

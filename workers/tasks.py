@@ -15,6 +15,7 @@ from app.broker import WAKE_TASK
 from app.db import make_engine, make_sessionmaker, transaction
 from app.services import dispatch
 from app.services import workers as worker_service
+from app.services.studies import controller as studies
 from app.settings import get_settings
 from workers.celery_app import app
 from workers.maintenance import Maintenance
@@ -88,5 +89,13 @@ def request_shutdown() -> None:
 @app.task(name=WAKE_TASK, acks_late=True, ignore_result=True)
 def wake(job_id: str) -> str | None:
     """A job waits in this worker's queue: run the most urgent one."""
-    claimed = init_supervisor(wake.request.hostname).wake(job_id)
-    return claimed[0] if claimed else None
+    supervisor = init_supervisor(wake.request.hostname)
+    claimed = supervisor.wake(job_id)
+    if claimed is None:
+        return None
+    try:  # a trial's end is the moment its study can start the next one
+        studies.after_job(supervisor.factory, claimed[0], supervisor.settings.limits,
+                          supervisor.send_wake)
+    except Exception:  # noqa: BLE001 - the maintenance tick retries; the job is recorded
+        log.exception("study tick after job %s failed", claimed[0])
+    return claimed[0]
