@@ -46,8 +46,10 @@ def run_study(stack: Stack, searcher: dict[str, Any], epochs: int) -> dict[str, 
         "objective": {"metric": "val_accuracy", "mode": "max"}, "searcher": searcher})
     r.raise_for_status()
     study_id = r.json()["id"]
-    while (study := stack.client.get(f"/v1/studies/{study_id}").json())["state"] == "running":
+    study: dict[str, Any] = stack.client.get(f"/v1/studies/{study_id}").json()
+    while study["state"] == "running":
         time.sleep(0.5)
+        study = stack.client.get(f"/v1/studies/{study_id}").json()
     study["wall_s"] = time.monotonic() - started
     study["trial_rows"] = stack.client.get(f"/v1/studies/{study_id}/trials").json()
     study["gaps"] = overhead(stack, study["trial_rows"])

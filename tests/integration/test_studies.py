@@ -124,7 +124,7 @@ def test_asha_prunes_promotes_from_checkpoints_and_keeps_pruned_models(stack: St
 
 
 def test_bad_studies_are_refused_with_field_paths(stack: Stack) -> None:
-    body = {"name": "bad", "base": base_spec(),
+    body: dict[str, Any] = {"name": "bad", "base": base_spec(),
             "space": {"training.optimizer.lr": {"type": "uniform", "low": 0.1, "high": 20},
                       "model.layers[1].units": {"type": "int", "low": 1, "high": 4}},
             "objective": {"metric": "mae", "mode": "min"},

@@ -51,7 +51,7 @@ def problems(body: dict[str, Any]) -> dict[str, str]:
 
 def test_paths_parse_resolve_and_apply() -> None:
     assert sp.parse_path("model.layers[0].units") == ["model", "layers", 0, "units"]
-    spec = {"model": {"layers": [{"units": 4}]}, "framework": "pytorch"}
+    spec: dict[str, Any] = {"model": {"layers": [{"units": 4}]}, "framework": "pytorch"}
     out = sp.apply(spec, {"model.layers[0].units": 8, "framework": "keras"})
     assert out == {"model": {"layers": [{"units": 8}]}, "framework": "keras"}
     assert spec["model"]["layers"][0]["units"] == 4  # a copy
@@ -268,6 +268,7 @@ def test_asha_pauses_promotes_resumes_and_prunes(factory: sessionmaker[Session])
         (job_id, _q), = wakes
         with factory() as session:
             number = session.scalar(select(StudyTrial.number).where(StudyTrial.job_id == job_id))
+        assert number is not None
         run_job(factory, job_id, curves[number])
     study = public(factory, study_id)
     assert study.state == "succeeded", study

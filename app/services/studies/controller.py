@@ -58,7 +58,8 @@ def space_of(study: Study) -> dict[str, Distribution]:
 
 def rungs_of(study: Study) -> list[int] | None:
     """asha's epoch budgets, or None for other searchers."""
-    return study.searcher.get("rungs")  # type: ignore[no-any-return]
+    rungs = study.searcher.get("rungs")
+    return [int(r) for r in rungs] if rungs is not None else None
 
 
 def trial_cap(study: Study) -> int:
