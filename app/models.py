@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -278,7 +279,7 @@ class StudyTrial(Base):
     state: Mapped[str] = mapped_column(String(20), index=True)
     rung: Mapped[int] = mapped_column(Integer, default=0)  # asha: rung trained towards
     rung_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # epoch -> value
-    value: Mapped[float | None]
+    value: Mapped[float | None] = mapped_column(Float)
     value_epoch: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
