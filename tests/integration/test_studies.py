@@ -49,7 +49,7 @@ def create(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
-def wait_study(stack: Stack, study_id: str, timeout: float = 300) -> dict[str, Any]:
+def wait_study(stack: Stack, study_id: str, timeout: float = 420) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         study = stack.client.get(f"/v1/studies/{study_id}").json()
@@ -96,29 +96,30 @@ def test_a_study_of_each_searcher_runs_to_its_best_trial(stack: Stack, kind: str
 
 
 def test_asha_prunes_promotes_from_checkpoints_and_keeps_pruned_models(stack: Stack) -> None:
+    # Rungs at 1 and 3 epochs, one trial at a time: three trials reach rung 0, then the best
+    # third goes on. (Four runs in all: each is tens of seconds on a loaded 2-core machine.)
     study = create(stack, {
-        "name": "asha-study", "base": base_spec(epochs=4), "space": LR_AND_WIDTH,
+        "name": "asha-study", "base": base_spec(epochs=3), "space": LR_AND_WIDTH,
         "objective": {"metric": "val_accuracy", "mode": "max"},
-        "searcher": {"name": "asha", "max_trials": 4, "max_concurrent_trials": 2, "seed": 5,
-                     "min_epochs": 1, "reduction_factor": 2, "max_rungs": 3,
+        "searcher": {"name": "asha", "max_trials": 3, "max_concurrent_trials": 1, "seed": 5,
+                     "min_epochs": 1, "reduction_factor": 3, "max_rungs": 2,
                      "sampler": "random"}})
-    assert study["rungs"] == [1, 2, 4]
-    done = wait_study(stack, study["id"])
+    assert study["rungs"] == [1, 3]
+    done = wait_study(stack, study["id"], timeout=600)
     assert done["state"] == "succeeded", done
     rows = trials(stack, study["id"])
-    assert len(rows) == 4
+    assert len(rows) == 3
     pruned = [t for t in rows if t["pruned"]]
-    assert pruned and all(t["state"] == "pruned" and t["job_status"] == "succeeded"
-                          and t["epochs_trained"] < 4 for t in pruned)
-    top = [t for t in rows if t["epochs_trained"] == 4]
-    assert top and all(t["state"] == "completed" for t in top)
-    assert done["epochs_trained"] == sum(t["epochs_trained"] for t in rows) < 4 * 4
-    promoted = top[0]
-    events = messages(stack, promoted["job_id"])
-    assert sum("promoted by asha" in m for m in events) == 2
-    assert any(m.startswith("resumed from the checkpoint of epoch 2") for m in events)
-    metrics = stack.client.get(f"/v1/jobs/{promoted['job_id']}/metrics").json()
-    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]  # continued, not retrained
+    assert len(pruned) == 2 and all(t["state"] == "pruned" and t["job_status"] == "succeeded"
+                                    and t["epochs_trained"] == 1 for t in pruned)
+    (top,) = [t for t in rows if t["epochs_trained"] == 3]
+    assert top["state"] == "completed" and top["rung"] == 1
+    assert done["epochs_trained"] == sum(t["epochs_trained"] for t in rows) == 5
+    events = messages(stack, top["job_id"])
+    assert sum("promoted by asha" in m for m in events) == 1
+    assert any(m.startswith("resumed from the checkpoint of epoch 1") for m in events)
+    metrics = stack.client.get(f"/v1/jobs/{top['job_id']}/metrics").json()
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]  # continued, not retrained
     r = stack.client.get(f"/v1/jobs/{pruned[0]['job_id']}/model")
     assert r.status_code == 200 and len(r.content) > 1000
 
@@ -170,10 +171,10 @@ def test_sigkill_mid_study_neither_duplicates_nor_loses_a_trial(fresh_stack: Sta
     synthetic = {"builtin": "synthetic", "n_samples": 6000, "sample_shape": [32],
                  "num_classes": 4, "seed": 1}
     study = create(fresh_stack, {
-        "name": "chaos-study", "base": base_spec(epochs=4, **synthetic), "space": LR_AND_WIDTH,
+        "name": "chaos-study", "base": base_spec(epochs=3, **synthetic), "space": LR_AND_WIDTH,
         "objective": {"metric": "val_accuracy", "mode": "max"},
-        "searcher": {"name": "asha", "max_trials": 4, "max_concurrent_trials": 2, "seed": 2,
-                     "min_epochs": 1, "reduction_factor": 2, "max_rungs": 3}})
+        "searcher": {"name": "asha", "max_trials": 3, "max_concurrent_trials": 2, "seed": 2,
+                     "min_epochs": 1, "reduction_factor": 3, "max_rungs": 2}})
     kills = 0
     deadline = time.monotonic() + 300
     while kills < 2:
@@ -190,10 +191,10 @@ def test_sigkill_mid_study_neither_duplicates_nor_loses_a_trial(fresh_stack: Sta
         proc.wait()
         kills += 1
         fresh_stack.start_worker(name)
-    done = wait_study(fresh_stack, study["id"], timeout=400)
+    done = wait_study(fresh_stack, study["id"], timeout=600)
     assert done["state"] == "succeeded", done
     rows = trials(fresh_stack, study["id"])
-    assert [t["number"] for t in rows] == [0, 1, 2, 3]
+    assert [t["number"] for t in rows] == [0, 1, 2]
     jobs = fresh_stack.client.get("/v1/jobs", params={"limit": 200}).json()["data"]
     assert sorted(j["id"] for j in jobs) == sorted(t["job_id"] for t in rows)
     for t in rows:
@@ -201,5 +202,5 @@ def test_sigkill_mid_study_neither_duplicates_nor_loses_a_trial(fresh_stack: Sta
         metrics = fresh_stack.client.get(f"/v1/jobs/{t['job_id']}/metrics").json()
         assert [m["epoch"] for m in metrics] == list(range(1, t["epochs_trained"] + 1))
         promotions = sum("promoted by asha" in m for m in messages(fresh_stack, t["job_id"]))
-        assert promotions == {1: 0, 2: 1, 4: 2}[t["epochs_trained"]]
-    assert any(t["epochs_trained"] == 4 for t in rows)
+        assert promotions == {1: 0, 3: 1}[t["epochs_trained"]]
+    assert any(t["epochs_trained"] == 3 for t in rows)
