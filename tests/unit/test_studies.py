@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -331,3 +333,10 @@ def test_patch_and_cancel(factory: sessionmaker[Session]) -> None:
     assert public(factory, study_id).state == "cancelled"
     with factory() as session, pytest.raises(service.StudyNotFound):
         service.get(session, study_id, "bob")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "examples" / "studies")
+                                        .glob("*.yaml")), ids=lambda p: p.name)
+def test_example_studies_are_valid(path: Path) -> None:
+    plan = validate(StudyCreate.model_validate(yaml.safe_load(path.read_text())), LIMITS)
+    assert plan.rungs is None or len(plan.rungs) >= 2
