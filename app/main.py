@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app.api.admission import Admission
 from app.api.errors import install_error_handlers
-from app.api.routers import datasets, health, jobs, webhooks, workers
+from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker, writer
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(workers.router)
+    app.include_router(studies.router)
     app.include_router(webhooks.router)
     install_web(app)
     return app

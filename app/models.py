@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -271,3 +272,51 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+
+class Study(Base):
+    """A hyperparameter study: a base spec, a search space, and the controller's state."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)
+    space: Mapped[dict[str, Any]] = mapped_column(JSON)
+    objective: Mapped[dict[str, Any]] = mapped_column(JSON)
+    searcher: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), index=True)  # running | succeeded | ...
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    # Compare-and-set counter: a trial number is taken by moving it from n to n + 1.
+    trials_created: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_studies_owner_created", "owner", "created_at", "id"),)
+
+
+class StudyTrial(Base):
+    """One trial of a study: its params and the job that trains them (none if the spec was
+    invalid)."""
+
+    __tablename__ = "study_trials"
+
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
+                                               unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What the sampler keeps per trial (Optuna system attrs, e.g. a grid point), replayed
+    # into the in-memory study at each decision.
+    sampler_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    rung: Mapped[int] = mapped_column(Integer, default=0)  # asha: rung trained towards
+    rung_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # epoch -> value
+    value: Mapped[float | None] = mapped_column(Float)
+    value_epoch: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,5 @@
-"""Each worker's background duties: reap jobs whose worker vanished, re-send lost wake-ups.
+"""Each worker's background duties: reap jobs whose worker vanished, re-send lost wake-ups,
+tick hyperparameter studies (app/services/studies/controller.py).
 
 Recovery comes from SQL heartbeats, never from the broker: Celery acknowledges a
 task whose worker died, and Redis redelivers unacknowledged ones on its own clock.
@@ -18,6 +19,7 @@ from app.db import transaction
 from app.models import Job, utcnow
 from app.services import lifecycle
 from app.services import workers as worker_service
+from app.services.studies import controller as studies
 from app.settings import Settings
 from workers.supervisor import Supervisor
 
@@ -50,6 +52,7 @@ class Maintenance:
                 self.reap()
                 if self.reconciles:
                     self.reconcile()
+                studies.tick_all(self.factory, self.settings.limits, self.send_wake)
             except Exception:  # noqa: BLE001 - a bad tick must not end the thread
                 log.exception("maintenance tick failed")
         try:

@@ -21,6 +21,7 @@ from app.db import make_engine, make_sessionmaker, transaction
 from app.observability import logging as log_context
 from app.services import dispatch
 from app.services import workers as worker_service
+from app.services.studies import controller as studies
 from app.settings import get_settings
 from workers.maintenance import Maintenance
 from workers.supervisor import Supervisor
@@ -106,4 +107,11 @@ def wake(job_id: str, request_id: str | None = None) -> str | None:
     supervisor = init_supervisor(wake.app, wake.request.hostname)
     with log_context.bound(request_id=request_id, worker=supervisor.worker):
         claimed = supervisor.wake(job_id)
-    return claimed[0] if claimed else None
+        if claimed is None:
+            return None
+        try:  # a trial's end is the moment its study can start the next one
+            studies.after_job(supervisor.factory, claimed[0], supervisor.settings.limits,
+                              supervisor.send_wake)
+        except Exception:  # noqa: BLE001 - the maintenance tick retries; the job is recorded
+            log.exception("study tick after job %s failed", claimed[0])
+    return claimed[0]

@@ -66,7 +66,7 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-def _owner(settings: Settings, authorization: str | None,
+def _owner(request: Request, settings: Settings, authorization: str | None,
            lookup: Callable[[str], str | None]) -> str:
     if authorization is None:
         owner = cookie_owner(request)  # the dashboard's signed-in browser
@@ -84,12 +84,12 @@ def _owner(settings: Settings, authorization: str | None,
     return owner
 
 
-def get_owner(uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")],
+def get_owner(request: Request, uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")],
               settings: Annotated[Settings, Depends(get_settings)],
               authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's identity, read in the request's own session: its token's owner, else
     the default owner; with TRAINERY_AUTH_REQUIRED a request without a valid token is refused."""
-    return _owner(settings, authorization, lambda token: keys.owner_for(uow.session, token))
+    return _owner(request, settings, authorization, lambda token: keys.owner_for(uow.session, token))
 
 
 async def get_uploader(request: Request, settings: Annotated[Settings, Depends(get_settings)],
@@ -108,9 +108,9 @@ async def get_uploader(request: Request, settings: Annotated[Settings, Depends(g
             return keys.owner_for(session, token)
 
     if authorization is None:
-        return _owner(settings, None, lookup)
+        return _owner(request, settings, None, lookup)
     async with admission.slot():
-        return await run_in_threadpool(_owner, settings, authorization, lookup)
+        return await run_in_threadpool(_owner, request, settings, authorization, lookup)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

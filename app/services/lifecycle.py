@@ -20,7 +20,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
-    S.SUCCEEDED: frozenset(),
+    S.SUCCEEDED: frozenset({S.QUEUED}),  # only promote(): an ASHA trial trains on
     S.FAILED: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset({S.QUEUED}),
 }
@@ -194,6 +194,15 @@ def retry(session: Session, job_id: str) -> bool:
                       "retry requested by the user; resumes from the last checkpoint",
                       finished_at=None, error_type=None, error_message=None, lost_attempts=0,
                       worker=None)
+
+
+def promote(session: Session, job_id: str, epochs: int, spec: dict[str, Any],
+            reason: str) -> bool:
+    """succeeded -> queued with a larger epoch budget (an ASHA promotion); it resumes from its
+    last checkpoint, which the finished run always writes at its last epoch."""
+    return transition(session, job_id, [S.SUCCEEDED], S.QUEUED, reason, spec=spec,
+                      progress_epochs=epochs, finished_at=None, error_type=None,
+                      error_message=None, lost_attempts=0, worker=None)
 
 
 def hand_back(session: Session, job_id: str, attempt: int, reason: str) -> bool:

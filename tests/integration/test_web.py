@@ -18,7 +18,7 @@ from playwright import sync_api as playwright_api
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from app.cli import app as cli_app
+from app.cli import server_app as cli_app
 from app.services import jobs as job_service
 from app.services.jobs import new_job_id
 from tests.harness import Stack, migrate

@@ -1,0 +1,1 @@
+"""Hyperparameter studies: validation, sampling, ASHA and the controller that runs trials."""
