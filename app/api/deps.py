@@ -89,7 +89,8 @@ def get_owner(request: Request, uow: Annotated[UnitOfWork, Depends(get_uow, scop
               authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's identity, read in the request's own session: its token's owner, else
     the default owner; with TRAINERY_AUTH_REQUIRED a request without a valid token is refused."""
-    return _owner(request, settings, authorization, lambda token: keys.owner_for(uow.session, token))
+    return _owner(request, settings, authorization,
+                  lambda token: keys.owner_for(uow.session, token))
 
 
 async def get_uploader(request: Request, settings: Annotated[Settings, Depends(get_settings)],
