@@ -93,8 +93,9 @@ def main() -> None:
         print(json.dumps(_case(args.case, Path(args.source), args.database_url)))
         return
 
-    from tests.harness import create_postgres_database, drop_postgres_database, migrate
-    from tests.s3server import SeaweedServer
+    from app.db import migrate
+    from bench.s3server import SeaweedServer
+    from bench.stack import create_postgres_database, drop_postgres_database
 
     with tempfile.TemporaryDirectory(prefix="trainery-bench-") as tmp:
         root = Path(tmp)

@@ -20,6 +20,29 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TRAINERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TRAINERY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def create_postgres_database() -> str:
+    """A fresh, empty PostgreSQL database; its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"trainery_test_{uuid.uuid4().hex[:10]}"
+    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_postgres_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stack import Stack, migrate, runner_processes
+from app.db import migrate
+from bench.stack import Stack, runner_processes
 
 IMPORTS = {"pytorch": "torch", "keras": "tensorflow"}
 PHASES = ("runner_started", "framework_ready", "data_ready", "model_ready", "first_step")

@@ -22,7 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Stack, migrate
+from app.db import migrate
+from bench.stack import Stack
 
 SPACE = {
     "training.optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 0.3},

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from app.core.spec import JobSpec
-from app.db import make_engine, make_sessionmaker, transaction
+from app.db import make_engine, make_sessionmaker, migrate, transaction
 from app.services import jobs, lifecycle
+from app.services.unit_of_work import UnitOfWork
 from app.settings import Limits
-from tests.harness import Stack, migrate
-from tests.specs import tiny_spec
+from bench.stack import Stack
 
 TARGET_MS = 300.0
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,9 +42,12 @@ def seed(url: str, runs: int, points: int) -> list[str]:
     ids = []
     try:
         for r in range(runs):
-            spec = JobSpec.model_validate(tiny_spec(epochs=points, name=f"run-{r:02d}"))
+            spec = JobSpec.model_validate({
+                "name": f"run-{r:02d}", "framework": "pytorch", "dataset": {"builtin": "iris"},
+                "model": {"preset": "mlp"}, "training": {"epochs": points, "batch_size": 16}})
             with transaction(factory) as session:
-                job, _ = jobs.submit(session, spec, owner="default", idempotency_key=None,
+                job, _ = jobs.submit(UnitOfWork(session), spec, owner="default",
+                                     idempotency_key=None,
                                      limits=Limits(max_epochs=max(points, 1000)))
                 attempt = lifecycle.claim(session, job.id, "bench")
                 assert attempt is not None

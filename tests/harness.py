@@ -3,43 +3,26 @@ as subprocesses (the stack itself lives in bench/stack.py, which benchmarks shar
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-from bench.stack import REDIS_URL, ROOT, TERMINAL, Stack, free_port, migrate
+from app.db import migrate
+from bench.stack import (
+    REDIS_URL,
+    ROOT,
+    TERMINAL,
+    Stack,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+)
 
 __all__ = ["REDIS_URL", "ROOT", "TERMINAL", "RedisServer", "Stack", "create_postgres_database",
            "drop_postgres_database", "free_port", "migrate", "plain_python"]
-
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TRAINERY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def create_postgres_database() -> str:
-    """A fresh, empty PostgreSQL database; its SQLAlchemy URL."""
-    import psycopg
-
-    name = f"trainery_test_{uuid.uuid4().hex[:10]}"
-    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_postgres_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 def plain_python(code: str, cwd: Path, framework_module: str = "torch") -> str:
     """Run code in a Python that has the framework but not this project; its stdout.

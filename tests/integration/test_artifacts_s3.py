@@ -22,10 +22,10 @@ from app.db import make_engine, make_sessionmaker, transaction
 from app.models import Blob, BlobChunk, Checkpoint, Job, JobEvent
 from app.services import artifact_migration
 from app.settings import Settings
+from bench.s3server import SeaweedServer
 from tests.dataset_files import blobs as point_blobs
 from tests.dataset_files import npz_bytes
 from tests.harness import Stack
-from tests.s3server import SeaweedServer
 
 pytestmark = pytest.mark.integration
 

@@ -35,6 +35,7 @@ from app.schemas.studies import SPACE, Distribution
 from app.services import jobs, lifecycle
 from app.services.studies import asha, sampling
 from app.services.studies import space as sp
+from app.services.unit_of_work import UnitOfWork
 from app.settings import Limits
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,8 @@ def _create_trial(session: Session, study: Study, limits: Limits) -> Wake | None
         spec_json["training"] = {**spec_json["training"], "epochs": rungs[0]}
     try:
         spec = JobSpec.model_validate(spec_json)
-        job, _ = jobs.submit(session, spec, owner=study.owner, limits=limits,
+        # The controller sends its own wake-ups once its tick has committed (tick_and_wake).
+        job, _ = jobs.submit(UnitOfWork(session), spec, owner=study.owner, limits=limits,
                              idempotency_key=f"{study.id}#{number}")
     except ValidationError as exc:
         _set(trial, "failed", error="; ".join(f"{p['path']}: {p['message']}"

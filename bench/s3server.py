@@ -15,7 +15,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from tests.harness import _stop, free_port
+from bench.stack import _stop, free_port
 
 ACCESS_KEY = "trainery-test"
 SECRET_KEY = "trainery-test-secret"
