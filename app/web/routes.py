@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+from celery import Celery
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import CeleryDep, SessionDep, SessionFactoryDep, SettingsDep
 from app.core.catalog import BUILTIN_DATASETS
@@ -24,6 +26,8 @@ from app.db import transaction
 from app.services import datasets as dataset_service
 from app.services import dispatch, runs
 from app.services import jobs as job_service
+from app.services.unit_of_work import UnitOfWork
+from app.settings import Settings
 from app.web import forms, session, views
 from app.web.assets import CachedStatic, static_url
 from app.web.security import SecurityHeaders
@@ -200,14 +204,22 @@ async def cancel(job_id: str, page: PageDep, factory: SessionFactoryDep) -> Resp
     return RedirectResponse(f"/jobs/{job_id}", 303)
 
 
+def _wake(factory: sessionmaker[Session], celery: Celery, settings: Settings,
+          uow: UnitOfWork) -> None:
+    """Send the wake-ups a service registered, now that its transaction has committed."""
+    for w in uow.wakeups:
+        dispatch.wake(factory, celery, settings, w.job_id, w.queue)
+
+
 @router.post("/jobs/{job_id}/retry")
 async def retry(job_id: str, page: PageDep, factory: SessionFactoryDep, settings: SettingsDep,
                 celery: CeleryDep) -> Response:
     """Queue a failed or cancelled job again, then show it."""
     await page.check_csrf()
     with transaction(factory) as db:
-        job = job_service.retry(db, job_id, page.owner)
-    dispatch.wake(factory, celery, settings, job.id, job.queue)
+        uow = UnitOfWork(db)
+        job_service.retry(uow, job_id, page.owner)
+    _wake(factory, celery, settings, uow)
     return RedirectResponse(f"/jobs/{job_id}", 303)
 
 
@@ -253,15 +265,16 @@ async def submit(page: PageDep, factory: SessionFactoryDep, settings: SettingsDe
     try:
         spec = JobSpec.model_validate(forms.build_spec(text, fields))
         with transaction(factory) as db:
-            job, _ = job_service.submit(db, spec, owner=page.owner, limits=settings.limits,
-                                        idempotency_key=None,
-                                        max_gpus_per_job=settings.max_gpus_per_job)
+            uow = UnitOfWork(db)
+            job, _ = job_service.submit(uow, spec, owner=page.owner, limits=settings.limits,
+                                         idempotency_key=None,
+                                         max_gpus_per_job=settings.max_gpus_per_job)
     except ValidationError as exc:
         problems = validation_problems(exc.errors())
     except InvalidInput as exc:
         problems = list(exc.detail)
     else:
-        dispatch.wake(factory, celery, settings, job.id, job.queue)
+        _wake(factory, celery, settings, uow)
         return RedirectResponse(f"/jobs/{job.id}", 303)
     by_field, rest = forms.split_problems(problems)
     values = {name: fields.get(name, "") for name in forms.COMMON_FIELDS}

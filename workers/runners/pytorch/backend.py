@@ -52,8 +52,10 @@ def make_optimizer(spec: OptimizerSpec, params: Any, fused: bool = False) -> tor
 
 
 def make_loss(name: str) -> nn.Module:
-    return {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss, "mae": nn.L1Loss,
-            "huber": nn.HuberLoss}[name]()
+    losses: dict[str, type[nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss,
+                                          "mse": nn.MSELoss, "mae": nn.L1Loss,
+                                          "huber": nn.HuberLoss}
+    return losses[name]()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,11 +27,17 @@ LEAKY_RELU_SLOPE = 0.2  # Keras 3's default, so both frameworks mean the same
 
 def activation(name: str) -> nn.Module:
     """The activation module for a spec name."""
-    return {
+    factories: dict[str, Callable[[], nn.Module]] = {
         "linear": nn.Identity, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
         "sigmoid": nn.Sigmoid, "elu": nn.ELU, "selu": nn.SELU, "silu": nn.SiLU,
         "softplus": nn.Softplus, "leaky_relu": lambda: nn.LeakyReLU(LEAKY_RELU_SLOPE),
-    }[name]()
+    }
+    return factories[name]()
+
+
+def _pair(values: list[int]) -> tuple[int, int]:
+    # The spec validates kernels and strides to two values; torch's stubs want a 2-tuple.
+    return values[0], values[1]
 
 
 def _pads(shape: tuple[int, ...], kernel: list[int],
@@ -49,16 +58,16 @@ def _windowed(pads: tuple[int, int, int, int], layer: nn.Module, fill: float = 0
 def conv2d(in_ch: int, out_ch: int, shape: tuple[int, ...], kernel: list[int], stride: list[int],
            padding: str, bias: bool) -> nn.Module:
     if padding == "valid":
-        return nn.Conv2d(in_ch, out_ch, tuple(kernel), tuple(stride), 0, bias=bias)
+        return nn.Conv2d(in_ch, out_ch, _pair(kernel), _pair(stride), 0, bias=bias)
     pads = _pads(shape, kernel, stride)
     symmetric = (pads[0], pads[2]) == (pads[1], pads[3])
-    conv = nn.Conv2d(in_ch, out_ch, tuple(kernel), tuple(stride),
+    conv = nn.Conv2d(in_ch, out_ch, _pair(kernel), _pair(stride),
                      (pads[2], pads[0]) if symmetric else 0, bias=bias)
     return _windowed(pads, conv)
 
 
 def pool(layer: PoolLayer, shape: tuple[int, ...]) -> nn.Module:
-    kernel, stride = tuple(layer.pool), tuple(layer.stride)
+    kernel, stride = _pair(layer.pool), _pair(layer.stride)
     is_max = layer.type == "maxpool2d"
     if layer.padding == "valid":
         return nn.MaxPool2d(kernel, stride) if is_max else nn.AvgPool2d(kernel, stride)
@@ -76,15 +85,19 @@ def pool(layer: PoolLayer, shape: tuple[int, ...]) -> nn.Module:
 class SameAvgPool2d(nn.Module):
     """Average pooling with asymmetric 'same' padding that averages real cells only, as TF does."""
 
-    def __init__(self, pads: tuple[int, int, int, int], kernel: tuple[int, ...],
-                 stride: tuple[int, ...]) -> None:
+    def __init__(self, pads: tuple[int, int, int, int], kernel: tuple[int, int],
+                 stride: tuple[int, int]) -> None:
         super().__init__()
         self.pad = nn.ZeroPad2d(pads)
         self.pool = nn.AvgPool2d(kernel, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Explicitly padded zeros would count in AvgPool2d's divisor; divide by the real share.
-        return self.pool(self.pad(x)) / self.pool(self.pad(torch.ones_like(x[:1, :1])))
+        # Annotated locals, not cast(): Module.__call__ returns Any in torch's stubs, and
+        # TorchScript compiles these forward methods.
+        pooled: torch.Tensor = self.pool(self.pad(x))
+        share: torch.Tensor = self.pool(self.pad(torch.ones_like(x[:1, :1])))
+        return pooled / share
 
 
 class Residual(nn.Module):
@@ -92,7 +105,7 @@ class Residual(nn.Module):
 
     def __init__(self, in_ch: int, spec: ResidualLayer, shape: tuple[int, ...]) -> None:
         super().__init__()
-        s = [spec.strides, spec.strides]
+        s: list[int] = [spec.strides, spec.strides]
         mid = (-(-shape[0] // spec.strides), -(-shape[1] // spec.strides), spec.filters)
         self.body = nn.Sequential(
             conv2d(in_ch, spec.filters, shape, [3, 3], s, "same", False),
@@ -110,7 +123,8 @@ class Residual(nn.Module):
         self.act = activation(spec.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        out: torch.Tensor = self.act(self.body(x) + self.shortcut(x))
+        return out
 
 
 def layer_module(r: ResolvedLayer) -> nn.Module:
@@ -150,6 +164,14 @@ class ChannelsLastFlatten(nn.Module):
 class TrainedModel(nn.Module):
     """Raw inputs as the dataset holds them -> logits or predictions; normalisation inside."""
 
+    if TYPE_CHECKING:
+        # Buffers registered in __init__, declared so they type as tensors, not Tensor |
+        # Module; for mypy only, as TorchScript cannot read string class annotations.
+        in_mean: torch.Tensor
+        in_std: torch.Tensor
+        out_scale: torch.Tensor
+        out_shift: torch.Tensor
+
     def __init__(self, body: nn.Module, head: nn.Linear, mean: np.ndarray, std: np.ndarray,
                  image: bool, y_mean: np.ndarray | None = None,
                  y_std: np.ndarray | None = None) -> None:
@@ -167,7 +189,8 @@ class TrainedModel(nn.Module):
         x = (x.to(torch.float32) - self.in_mean) / self.in_std
         if self.image:
             x = x.permute(0, 3, 1, 2)
-        return self.head(self.body(x)) * self.out_scale + self.out_shift
+        out: torch.Tensor = self.head(self.body(x))
+        return out * self.out_scale + self.out_shift
 
 
 def _keras_like_init(module: nn.Module) -> None:
