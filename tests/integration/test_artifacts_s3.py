@@ -4,6 +4,7 @@ presigned downloads, migration both ways, and a whole job through a real stack."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -256,3 +257,57 @@ def test_a_job_keeps_its_artifacts_in_s3_and_leaves_no_orphans(
 def test_the_embedded_default_needs_no_object_store() -> None:
     assert not os.environ.get("TRAINERY_ARTIFACT_URL")
     assert type(open_store(make_sessionmaker(make_engine("sqlite://")), Settings())) is BlobStore
+
+
+class _Recording(httpx.HTTPTransport):
+    """A real transport that remembers which headers went to which host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, httpx.Headers]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append((f"{request.url.host}:{request.url.port}", request.headers))
+        return super().handle_request(request)
+
+
+def test_the_sdk_and_the_cli_download_a_model_through_the_presigned_redirect(
+        s3_stack: Stack, seaweed: SeaweedServer, tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from app.cli import server_app
+    from trainery_client import Client
+    from trainery_client.cli import app
+
+    created = CliRunner().invoke(server_app, ["keys", "create", "--owner", "s3dl", "--json"],
+                                 env={"TRAINERY_DATABASE_URL": s3_stack.database_url})
+    assert created.exit_code == 0, created.output
+    token = json.loads(created.stdout)["token"]
+    x, y = point_blobs(200, seed=6)
+    (tmp_path / "p.npz").write_bytes(npz_bytes(x=x, y=y))
+    transport = _Recording()
+    with Client(s3_stack.url, token=token, transport=transport) as client:
+        dataset = client.upload_dataset(tmp_path / "p.npz")
+        job_id = client.submit(_train_spec(dataset.id)).id
+        assert client.wait(job_id, timeout=300).status == "succeeded"
+        r = client._http.get(f"/v1/jobs/{job_id}/model")
+        assert r.status_code == 307, r.text
+        sha = r.headers["X-Trainery-SHA256"]
+        transport.sent.clear()
+        saved = client.download_model(job_id, tmp_path / "sdk")
+    assert saved.sha256 == sha and saved.size == int(r.headers["X-Trainery-Size"])
+    assert hashlib.sha256(saved.path.read_bytes()).hexdigest() == sha
+    api_host = httpx.URL(s3_stack.url)
+    hosts = [(host, "authorization" in headers) for host, headers in transport.sent]
+    store_host = httpx.URL(seaweed.endpoint)
+    assert hosts == [(f"{api_host.host}:{api_host.port}", True),
+                     (f"{store_host.host}:{store_host.port}", False)]
+    assert torch.jit.load(str(saved.path))(torch.from_numpy(x[:3]).float()).shape[0] == 3
+
+    out = CliRunner().invoke(app, ["--url", s3_stack.url, "download", job_id, "--json",
+                                   "-o", str(tmp_path / "cli.pt")], env={"TRAINERY_TOKEN": token})
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["sha256"] == sha
+    assert (tmp_path / "cli.pt").read_bytes() == saved.path.read_bytes()
+    assert torch.jit.load(str(tmp_path / "cli.pt"))(torch.from_numpy(x[:3]).float()).shape[0] == 3
