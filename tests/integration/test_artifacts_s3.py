@@ -311,3 +311,52 @@ def test_the_sdk_and_the_cli_download_a_model_through_the_presigned_redirect(
     assert json.loads(out.output)["sha256"] == sha
     assert (tmp_path / "cli.pt").read_bytes() == saved.path.read_bytes()
     assert torch.jit.load(str(tmp_path / "cli.pt"))(torch.from_numpy(x[:3]).float()).shape[0] == 3
+
+
+def test_trainery_artifacts_migrate_moves_a_jobs_blobs_to_sql_and_back(
+        s3_stack: Stack, seaweed: SeaweedServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import server_app
+    from trainery_client import Client
+
+    prefix = s3_stack.env["TRAINERY_ARTIFACT_URL"].split("/", 3)[3] + "/"
+    env = {k: v for k, v in s3_stack.env.items() if k.startswith(("TRAINERY_", "AWS_"))}
+    x, y = point_blobs(200, seed=7)
+    upload = s3_stack.client.post("/v1/datasets", files={"file": ("p.npz", npz_bytes(x=x, y=y))})
+    assert upload.status_code == 201, upload.text
+    job = s3_stack.submit({**_train_spec(upload.json()["id"]),
+                           "training": {"epochs": 2, "batch_size": 32}})
+    assert s3_stack.wait(job["id"])["status"] == "succeeded"
+    sha = s3_stack.client.get(f"/v1/jobs/{job['id']}/model").headers["X-Trainery-SHA256"]
+    in_s3 = len(seaweed.keys(prefix))
+    assert in_s3 >= 3  # the dataset, checkpoints, the model
+
+    def migrate_to(target: str) -> dict[str, Any]:
+        out = CliRunner().invoke(server_app, ["artifacts", "migrate", "--to", target, "--json"],
+                                 env=env)
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def download(name: str) -> int:
+        status = s3_stack.client.get(f"/v1/jobs/{job['id']}/model",
+                                     follow_redirects=False).status_code
+        with Client(s3_stack.url, token="") as client:
+            saved = client.download_model(job["id"], tmp_path / name)
+        assert saved.sha256 == sha
+        assert hashlib.sha256(saved.path.read_bytes()).hexdigest() == sha
+        return status
+
+    moved = migrate_to("sql")
+    assert moved["to"] == "sql" and moved["blobs"] == in_s3 and moved["bytes"] > 0
+    assert seaweed.keys(prefix) == []
+    assert download("from-sql.pt") == 200  # kept in SQL: the API streams it
+
+    assert migrate_to("s3")["blobs"] == in_s3
+    assert len(seaweed.keys(prefix)) == in_s3
+    assert download("from-s3.pt") == 307
+    assert migrate_to("s3")["blobs"] == 0  # nothing left to move
+
+    broken = CliRunner().invoke(server_app, ["artifacts", "migrate", "--to", "s3"],
+                                env={**env, "TRAINERY_ARTIFACT_URL": ""})
+    assert broken.exit_code != 0 and "TRAINERY_ARTIFACT_URL" in broken.output
