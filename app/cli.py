@@ -1,10 +1,11 @@
-"""The server's `trainery` commands: `up`, `api`, `worker` and `keys`.
+"""The server's `trainery` commands: `up`, `api`, `worker`, `keys` and `artifacts`.
 
 The `trainery` console script belongs to the client distribution (trainery_client.cli);
 this module registers these commands with it through the `trainery.commands` entry point
 (`register`), so a server install has every command and a client-only install the
 client's. `api`, `worker` and `up` start the service's programs as subprocesses; `keys`
-opens the database. Run it from a checkout as `python -m app.cli` too.
+and `artifacts` open the database (and the object store). Run it from a checkout as
+`python -m app.cli` too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from enum import Enum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
@@ -38,6 +40,10 @@ server_app = typer.Typer(name="trainery", no_args_is_help=True, add_completion=F
 keys_app = typer.Typer(no_args_is_help=True,
                        help="API keys (server side: talks to TRAINERY_DATABASE_URL directly).")
 server_app.add_typer(keys_app, name="keys")
+artifacts_app = typer.Typer(no_args_is_help=True,
+                            help="Artifact storage (server side: the database and the object "
+                                 "store of TRAINERY_ARTIFACT_URL).")
+server_app.add_typer(artifacts_app, name="artifacts")
 
 
 def register(cli: typer.Typer) -> None:
@@ -118,6 +124,40 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_..
     except NotFound as exc:
         fail(str(exc.detail))
     typer.echo(f"revoked {key_id}")
+
+
+# -- artifact storage (server side) ----------------------------------------------
+
+
+class BlobHome(str, Enum):
+    """Where `artifacts migrate` moves the blobs."""
+
+    s3 = "s3"
+    sql = "sql"
+
+
+@artifacts_app.command("migrate")
+def artifacts_migrate(
+    to: Annotated[BlobHome, typer.Option(
+        "--to", help="s3: SQL chunks become objects; sql: objects become SQL chunks.")],
+    json_output: JsonOutput = False,
+) -> None:
+    """Move every stored blob (datasets, checkpoints, models) into S3 or back into SQL.
+
+    Each blob is checked against its sha256 before its row switches; a rerun finishes an
+    interrupted run. Needs TRAINERY_ARTIFACT_URL (and the S3 endpoint and credentials).
+    """
+    from app.services import artifact_migration
+    from app.settings import Settings
+
+    try:
+        moved = artifact_migration.run(f"to-{to.value}", Settings())
+    except artifact_migration.MigrationError as exc:
+        fail(str(exc))
+    if json_output:
+        print_json({"to": to.value, "blobs": moved.blobs, "bytes": moved.bytes})
+        return
+    typer.echo(f"moved {moved.blobs} blobs ({moved.bytes} bytes) to {to.value}")
 
 
 # -- running the service ------------------------------------------------------

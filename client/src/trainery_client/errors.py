@@ -66,7 +66,7 @@ class ConnectionFailed(TraineryError):
 
 
 class ChecksumMismatch(TraineryError):
-    """A downloaded file's sha256 differs from the ETag the server sent."""
+    """A downloaded file's sha256 differs from the one the API promised."""
 
 
 class WaitTimeout(TraineryError, TimeoutError):

@@ -115,7 +115,7 @@ class Client(BaseClient[httpx.Client]):
                        format: str | None = None) -> ModelFile:
         """Stream the trained model to path (a file, or a folder for the server's filename).
 
-        The file appears only once its sha256 matches the ETag; ChecksumMismatch otherwise.
+        The file appears only once its sha256 matches the API's; ChecksumMismatch otherwise.
         """
         return self._run(self._download(job_id, path, format))
 
