@@ -103,7 +103,7 @@ def main() -> None:
         try:
             stack.start_api()
             for i in range(args.workers):
-                stack.start_worker(f"b{i}")
+                stack.start_worker(f"b{i}", env={"TRAINERY_WARM_RUNNERS": "last"})
             common = {"max_trials": args.trials, "max_concurrent_trials": args.workers,
                       "seed": args.seed}
             random_study = run_study(stack, {"name": "random", **common}, args.epochs)

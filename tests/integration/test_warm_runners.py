@@ -48,7 +48,7 @@ def run(stack: Stack, spec: dict[str, Any]) -> str:
 @SQLITE
 def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare(
         fresh_stack: Stack) -> None:
-    fresh_stack.start_worker("w1")
+    fresh_stack.start_worker("w1", env={"TRAINERY_WARM_RUNNERS": "last"})
     a = tiny_spec(epochs=2, name="a", training={"epochs": 2, "batch_size": 16, "seed": 5})
     b = tiny_spec(epochs=3, name="b", training={"epochs": 3, "batch_size": 8, "seed": 9,
                                                 "optimizer": {"name": "sgd", "lr": 0.1}})
@@ -82,7 +82,7 @@ def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare
 
 @SQLITE
 def test_a_sigkilled_worker_leaves_no_runner_and_no_spare(fresh_stack: Stack) -> None:
-    worker = fresh_stack.start_worker("w1")
+    worker = fresh_stack.start_worker("w1", env={"TRAINERY_WARM_RUNNERS": "last"})
     wait_for(lambda: [c for c in runner_processes(worker.pid).values() if c.endswith("(ready)")],
              120, "no spare ready")
     job = fresh_stack.submit(tiny_spec(epochs=200, name="long"))
