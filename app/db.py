@@ -44,8 +44,11 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     the overflow is always there for short sessions (readiness, streams).
     """
     if url.startswith("sqlite"):
+        # An in-memory database lives in one connection (SingletonThreadPool): no pool sizes.
+        in_memory = url in ("sqlite://", "sqlite:///:memory:")
+        pool = {} if in_memory else {"pool_size": pool_size, "max_overflow": pool_size}
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=pool_size, max_overflow=pool_size)
+                               **pool)
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

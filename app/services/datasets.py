@@ -137,8 +137,10 @@ def jobs_using(session: Session, ds_id: str, owner: str) -> list[str]:
     return list(session.scalars(stmt))
 
 
-def delete_dataset(session: Session, ds_id: str, owner: str) -> None:
-    """Remove the dataset and its blob in session; 409 while an unfinished job trains on it."""
+def delete_dataset(session: Session, blobs: BlobStore, ds_id: str, owner: str) -> None:
+    """Remove the dataset and its blob in session; 409 while an unfinished job trains on it.
+
+    An object-store blob loses its object once session commits (the store's delete_in)."""
     row = session.scalar(select(Dataset).where(Dataset.id == ds_id, Dataset.owner == owner)
                          .with_for_update())
     if row is None:
@@ -149,7 +151,7 @@ def delete_dataset(session: Session, ds_id: str, owner: str) -> None:
                            + ", ".join(users[:10]) + "; cancel them or wait until they end")
     session.delete(row)
     session.flush()
-    BlobStore.delete_in(session, [row.blob_id])
+    blobs.delete_in(session, [row.blob_id])
 
 
 def check_job_dataset(session: Session, spec: JobSpec, owner: str) -> None:

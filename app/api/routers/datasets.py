@@ -139,9 +139,10 @@ def get_dataset(dataset_id: str, session: SessionDep,
 
 @router.delete("/{dataset_id}", status_code=204,
                responses={409: {"description": "an unfinished job trains on it"}})
-def delete_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+def delete_dataset(dataset_id: str, session: SessionDep, blobs: BlobStoreDep,
+                   owner: OwnerDep) -> Response:
     """Delete an uploaded dataset and its stored data."""
     if dataset_id in BUILTIN_NAMES:
         raise Conflict(f"{dataset_id!r} is a builtin dataset; only uploads can be deleted")
-    dataset_service.delete_dataset(session, dataset_id, owner)
+    dataset_service.delete_dataset(session, blobs, dataset_id, owner)
     return Response(status_code=204)
