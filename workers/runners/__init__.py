@@ -12,9 +12,9 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from app.core.modelspec import ResolvedLayer
 from app.core.spec import JobSpec
 from workers.datasets import Dataset
-from workers.modelspec import ResolvedLayer
 from workers.reporting import JobReporter
 
 # The spec's `framework` -> the module that implements `Framework` for it.
