@@ -24,6 +24,13 @@ class Limits(BaseSettings):
     max_runtime_s: int = Field(7 * 24 * 3600, ge=1)
     max_synthetic_samples: int = Field(1_000_000, ge=1)
     max_sample_elements: int = Field(1_000_000, ge=1)
+    # Estimated at submit from the spec alone (app/core/estimate.py, docs/limits.md):
+    # the model's trainable parameters, the bytes of a synthetic dataset, and the memory
+    # one job needs (weights, gradients, optimizer state, one batch's activations, the
+    # dataset), which must fit what a worker gives a job.
+    max_params: int = Field(100_000_000, ge=1)
+    max_dataset_bytes: int = Field(2 << 30, ge=1)
+    job_memory_bytes: int = Field(8 << 30, ge=1)
 
 
 class Settings(BaseSettings):
