@@ -57,6 +57,10 @@ class Framework(Protocol):
         """Store the trained model's downloads; what the model card adds about them."""
         ...
 
+    def out_of_memory(self, exc: BaseException) -> bool:
+        """Whether exc is the framework saying an allocation failed (host or device)."""
+        ...
+
 
 def preload(framework: str) -> Framework:
     """Import the module for framework (and so the framework itself); run nothing."""
