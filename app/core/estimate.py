@@ -4,7 +4,7 @@ No framework is imported: the API checks these at submit against the service's l
 (`TRAINERY_LIMIT_MAX_PARAMS`, `_MAX_DATASET_BYTES`, `_JOB_MEMORY_BYTES`). The parameter
 count is exact (it is what `sum(p.numel() for p in model.parameters())` gives for the
 PyTorch model and the trainable weights of the Keras one; unit tests build both); the
-memory is a rough, documented upper-side estimate (docs/limits.md):
+memory is a rough, documented upper-side estimate (docs/operations.md, Resource limits):
 
     memory = 4 B x params x (1 weights + 1 gradients + k optimizer state)
            + 4 B x 2 x batch x (input + the tensors each layer keeps for backward)
