@@ -351,3 +351,12 @@ def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
             for e, logs in resumed_reports.epochs] == strip
     for a, b in zip(variables(straight), variables(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tensorflows_failed_allocations_are_out_of_memory() -> None:
+    import tensorflow as tf
+
+    from workers.runners.tfkeras.framework import out_of_memory
+
+    assert out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
+    assert not out_of_memory(tf.errors.InvalidArgumentError(None, None, "bad shape"))

@@ -25,7 +25,7 @@ def test_a_capped_process_gets_memory_errors_not_the_machines_memory() -> None:
     assert out.stdout.split() == ["refused", "small", "ok"], out.stderr
 
 
-def test_allocation_failures_are_out_of_memory_in_either_framework() -> None:
+def test_allocation_failures_are_out_of_memory() -> None:
     import torch
 
     try:
@@ -40,7 +40,7 @@ def test_allocation_failures_are_out_of_memory_in_either_framework() -> None:
             raise ValueError("while loading") from exc
     except ValueError as exc:
         wrapped = exc
-    assert runner.out_of_memory(wrapped, "keras")
+    assert runner.out_of_memory(wrapped, "pytorch")
     assert not runner.out_of_memory(RuntimeError("injected fault"), "pytorch")
     message = runner.out_of_memory_message(torch_error, "cpu", Settings())
     assert "ran out of memory on cpu" in message and "TRAINERY_RUNNER_MEMORY_BYTES" in message
