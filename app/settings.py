@@ -10,6 +10,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
+# What a runner holds beyond its job's estimate: the framework and the project imported
+# (~0.5 GB of data segment for either), thread stacks, allocator caches.
+RUNNER_OVERHEAD_BYTES = 2 << 30
 
 
 class Limits(BaseSettings):
@@ -24,6 +27,13 @@ class Limits(BaseSettings):
     max_runtime_s: int = Field(7 * 24 * 3600, ge=1)
     max_synthetic_samples: int = Field(1_000_000, ge=1)
     max_sample_elements: int = Field(1_000_000, ge=1)
+    # Estimated at submit from the spec alone (app/core/estimate.py, docs/operations.md):
+    # the model's trainable parameters, the bytes of a synthetic dataset, and the memory
+    # one job needs (weights, gradients, optimizer state, one batch's activations, the
+    # dataset), which must fit what a worker gives a job.
+    max_params: int = Field(100_000_000, ge=1)
+    max_dataset_bytes: int = Field(2 << 30, ge=1)
+    job_memory_bytes: int = Field(8 << 30, ge=1)
 
 
 class Settings(BaseSettings):
@@ -91,6 +101,11 @@ class Settings(BaseSettings):
     # warm (workers/warmpool.py): "last" one for the framework it ran last, "both"
     # one per framework (more memory), "off" none (every runner starts cold).
     warm_runners: Literal["last", "both", "off"] = "last"
+    # The data a runner process may allocate (RLIMIT_DATA, set before it starts): past
+    # it an allocation fails and the job ends out_of_memory instead of taking the
+    # worker's machine down. Unset: limits.job_memory_bytes plus RUNNER_OVERHEAD_BYTES
+    # for the framework itself; 0: no cap.
+    runner_memory_bytes: int | None = Field(None, ge=0)
 
     # Dataset uploads (docs/datasets.md): the largest file accepted, what its
     # archive (zip, npz) may unpack to and how many files it may hold, and the
@@ -125,6 +140,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     limits: Limits = Field(default_factory=Limits)
+
+    def resolved_runner_memory(self) -> int | None:
+        """The runner's data limit in bytes, or None for none."""
+        if self.runner_memory_bytes is None:
+            return self.limits.job_memory_bytes + RUNNER_OVERHEAD_BYTES
+        return self.runner_memory_bytes or None
 
     def resolved_db_slots(self) -> int:
         """How many requests may hold a database session at once."""

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.core.modelspec import AIRBENCH_WIDTHS
 from app.core.spec import JobSpec
 from bench import torch_loops
 from bench.timing import EpochRecord, compare, load_average, rounds
 from workers import datasets
 from workers.datasets import Dataset
-from workers.modelspec import AIRBENCH_WIDTHS
 from workers.runners.pytorch.backend import autocast_dtype
 
 TARGET_RATIO = 0.90

@@ -13,13 +13,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from app.core.modelspec import resolve
 from app.core.spec import JobSpec
 from bench.jobstore import claimed_job
 from bench.timing import EpochClock, LoopResult
 from workers import datasets
 from workers.callbacks import CallbackList, EpochRecorder, standard_callbacks
 from workers.datasets import Dataset
-from workers.modelspec import resolve
 from workers.runners.tfkeras.backend import KerasBackend, make_loss, make_optimizer
 from workers.runners.tfkeras.build import build_model
 from workers.training.loop import TrainingLoop

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from app.core.modelspec import resolve
 from app.core.spec import JobSpec
 from bench.jobstore import claimed_job
 from bench.timing import EpochClock, EpochRecord, HoldWrites, Interleave, LoopResult
 from workers import datasets
 from workers.callbacks import CallbackList, EpochRecorder, standard_callbacks
 from workers.datasets import Dataset
-from workers.modelspec import resolve
 from workers.runners.pytorch.backend import TorchBackend, autocast_dtype
 from workers.runners.pytorch.build import build_model
 from workers.training.loop import TrainingLoop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
@@ -78,7 +79,10 @@ def synthetic(n_samples: int, sample_shape: list[int], num_classes: int,
         cols = np.minimum(np.arange(w) * lw // w, lw - 1)
         prototypes = coarse[:, rows][:, :, cols]
     x = np.empty((n_samples, *sample_shape), dtype=np.float32)
-    step = 65536
+    # Chunks of about 64 MB of float64 noise, whatever a sample's size: generation holds
+    # little beyond x itself (the memory estimate counts x, app/core/estimate.py). The
+    # values do not depend on the chunking: the generator draws them in order.
+    step = max(1, (64 << 20) // (8 * math.prod(sample_shape)))
     for start in range(0, n_samples, step):
         stop = min(start + step, n_samples)
         noise = rng.normal(0.0, 1.0, size=(stop - start, *sample_shape))

@@ -1,8 +1,8 @@
 """Errors a runner raises, by who is to blame."""
 
+from app.core.errors import UserError
 
-class UserError(Exception):
-    """The spec or the data cannot train: the user must change something."""
+__all__ = ["Superseded", "UserError"]
 
 
 class Superseded(Exception):

@@ -2,7 +2,8 @@
 
 DEVICE is the one the worker's device check verified ("cpu", "cuda:N"; default cpu).
 Imports exactly one framework, trains, and writes a one-line JSON outcome for the
-supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 1 internal.
+supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 6 out of memory,
+1 internal.
 A warm runner (`workers.spare`) calls `preload` before its job arrives, then `main`.
 """
 
@@ -26,16 +27,18 @@ from app.db import make_engine, make_sessionmaker
 from app.models import Job, JobEvent
 from app.observability import logging as log_context
 from app.observability.logging import configure_logging
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 from workers import faults
 from workers.errors import Superseded, UserError
 from workers.phases import PHASES
 from workers.reporting import JobReporter
+from workers.runners import FRAMEWORKS
 from workers.runners import preload as import_framework
 from workers.runners.common import StopFlag, StopRequested
 from workers.training.run import run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_SUPERSEDED, EXIT_STOPPED = 0, 1, 3, 4, 5
+EXIT_OUT_OF_MEMORY = 6
 
 __all__ = ["main", "preload"]  # preload: a pre-started runner imports its framework early
 
@@ -84,6 +87,27 @@ def _note_start_times(factory: sessionmaker[Session], job_id: str) -> None:
         PHASES.queued_at = _as_utc(session.scalar(
             select(func.max(JobEvent.ts)).where(JobEvent.job_id == job_id,
                                                 JobEvent.to_status == JobStatus.QUEUED.value)))
+
+
+def out_of_memory(exc: BaseException, framework: object) -> bool:
+    """Whether exc, or an exception it was raised from, is an allocation that failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            return True
+        if framework in FRAMEWORKS and import_framework(str(framework)).out_of_memory(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def out_of_memory_message(exc: BaseException, device: str, settings: Settings) -> str:
+    """What ran out, and what the user can change."""
+    cap = settings.resolved_runner_memory()
+    limit = (f"; a runner on this worker may allocate {cap / 2**30:.1f} GiB of host memory "
+             "(TRAINERY_RUNNER_MEMORY_BYTES)" if cap else "")
+    return (f"the job ran out of memory on {device}: {type(exc).__name__}: {str(exc)[:300]}"
+            f"{limit}; lower training.batch_size, the model's size or the dataset's")
 
 
 def limit_threads(threads: int | None) -> None:
@@ -135,6 +159,9 @@ def main(argv: list[str]) -> int:
         return outcome(EXIT_STOPPED, status="stopped", message=stop.reason)
     except Exception as exc:  # noqa: BLE001 - the supervisor records the cause
         traceback.print_exc()
+        if out_of_memory(exc, reporter.spec.get("framework")):
+            return outcome(EXIT_OUT_OF_MEMORY, status="error", type="out_of_memory",
+                           message=out_of_memory_message(exc, device, settings))
         return outcome(EXIT_INTERNAL, status="error", type="internal",
                        message=f"{type(exc).__name__}: {exc}")
     finally:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -38,14 +40,34 @@ FRAMEWORKS = ("pytorch", "keras")
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the runner child before exec: if the worker is SIGKILLed, the kernel
-    # kills its runners and spares too, so a lost worker never leaves a training
-    # process behind that could race the job's next attempt. The signal follows
-    # the *thread* that forked: spawn only from the worker's main thread.
+def _runner_preexec(memory_bytes: int | None) -> None:
+    """Runs in the runner child before exec: it dies with its worker and gets its data cap."""
+    # If the worker is SIGKILLed, the kernel kills its runners and spares too, so a lost
+    # worker never leaves a training process behind that could race the job's next
+    # attempt. The signal follows the *thread* that forked: spawn only from the worker's
+    # main thread.
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if memory_bytes is not None:
+        limit_data(memory_bytes)
+
+
+def limit_data(memory_bytes: int) -> None:
+    """Cap this process's data segment (RLIMIT_DATA): past it an allocation fails (MemoryError,
+    or the framework's out-of-memory error) instead of growing until the machine swaps or
+    the kernel's OOM killer picks a victim.
+
+    RLIMIT_DATA, not RLIMIT_AS: since Linux 4.7 it counts private writable mappings (heap,
+    anonymous mmap, thread stacks), what a job's arrays and tensors live in, but not the
+    address space that CUDA and TensorFlow reserve without using, nor mapped libraries, so
+    it caps real use without breaking a framework's start. A hard limit of the worker's
+    own below memory_bytes wins.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        memory_bytes = min(memory_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, hard))
 
 
 def runner_env() -> dict[str, str]:
@@ -68,9 +90,11 @@ class RunnerProcess:
 
     @classmethod
     def spawn(cls, framework: str, python: str, env: dict[str, str],
-              job: tuple[str, int, str] | None = None) -> RunnerProcess:
+              job: tuple[str, int, str] | None = None,
+              memory_bytes: int | None = None) -> RunnerProcess:
         """Start a spare for framework (it preloads, then waits for `hand`), or, given a
-        job, a cold `python -m workers.runner JOB ATTEMPT RESULT DEVICE` for it."""
+        job, a cold `python -m workers.runner JOB ATTEMPT RESULT DEVICE` for it; its data
+        segment capped at memory_bytes (None: no cap)."""
         tmp = tempfile.TemporaryDirectory(prefix="trainery-")
         log_file = (Path(tmp.name) / "runner.log").open("wb")
         if job is None:
@@ -80,7 +104,7 @@ class RunnerProcess:
             argv, stdin = ["-m", "workers.runner", job[0], str(job[1]), str(result), job[2]], None
         proc = subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
                                 stdout=log_file, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=functools.partial(_runner_preexec, memory_bytes))
         return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None)
 
     @property
@@ -156,8 +180,9 @@ class WarmPool:
                 spare.close()
         for framework in wanted:
             if framework not in self.spares:
-                self.spares[framework] = RunnerProcess.spawn(framework, self.python,
-                                                             runner_env())
+                self.spares[framework] = RunnerProcess.spawn(
+                    framework, self.python, runner_env(),
+                    memory_bytes=self.settings.resolved_runner_memory())
                 log.info("started a %s spare runner (pid %d)", framework,
                          self.spares[framework].proc.pid)
 
@@ -177,7 +202,8 @@ class WarmPool:
                 runner = None
         if runner is None:
             runner = RunnerProcess.spawn(framework, self.python, runner_env(),
-                                          (job_id, attempt, device))
+                                         (job_id, attempt, device),
+                                         self.settings.resolved_runner_memory())
         self.fill()
         return runner
 

@@ -21,6 +21,11 @@ class DomainError(Exception):
         self.detail = detail
 
 
+class UserError(Exception):
+    """The spec or the data cannot train: the user must change something (a runner's
+    user_error; the shapes in app/core/modelspec.py raise it)."""
+
+
 class NotFound(DomainError):
     status_code = 404
     code = "not_found"

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.blobstore import BlobStore
 from app.core.dataset_arrays import write_normalised
 from app.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, problem
+from app.core.estimate import DataShape, uploaded_data
 from app.core.spec import JobSpec
 from app.core.states import TERMINAL_STATES
 from app.db import transaction
@@ -154,11 +155,12 @@ def delete_dataset(session: Session, blobs: BlobStore, ds_id: str, owner: str) -
     blobs.delete_in(session, [row.blob_id])
 
 
-def check_job_dataset(session: Session, spec: JobSpec, owner: str) -> None:
-    """At submit: an uploaded dataset must exist and have the job's task (a 422 otherwise)."""
+def check_job_dataset(session: Session, spec: JobSpec, owner: str) -> DataShape | None:
+    """At submit: an uploaded dataset must exist and have the job's task (a 422 otherwise);
+    its shape for the resource estimates (None for a builtin dataset)."""
     ds_id = spec.dataset.id
     if ds_id is None:
-        return
+        return None
     try:
         # A shared lock, so a concurrent DELETE waits for this job to be committed and sees it.
         row = get_dataset(session, ds_id, owner, lock=True)
@@ -169,6 +171,7 @@ def check_job_dataset(session: Session, spec: JobSpec, owner: str) -> None:
     if row.task != spec.task:
         raise InvalidInput([problem(("task",), f"dataset {ds_id} is a {row.task} dataset; set "
                                     f"task to {row.task!r}", "value_error")])
+    return uploaded_data(row.n_samples, row.n_val, row.sample_shape, row.dtype, row.num_classes)
 
 
 def describe(row: Dataset) -> str:

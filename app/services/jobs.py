@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from datetime import datetime
 from typing import Any
@@ -21,8 +22,11 @@ from app.core.errors import (
     JobNotFound,
     ModelNotReady,
     NotFound,
+    UserError,
     problem,
 )
+from app.core.estimate import EVAL_BATCH_MIN, DataShape, builtin_data, estimate
+from app.core.modelspec import resolve
 from app.core.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
 from app.core.states import JobStatus
 from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent
@@ -41,8 +45,10 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex[:24]}"
 
 
-def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> None:
-    """Raise InvalidInput listing every field over the service's limits."""
+def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1,
+                 data: DataShape | None = None) -> None:
+    """Raise InvalidInput listing every field over the service's limits; data is the
+    dataset's shape (an upload's, from its row; builtin ones are known from the spec)."""
     problems: list[dict[str, Any]] = []
 
     def over(loc: tuple[str | int, ...], value: int, cap: int, what: str) -> None:
@@ -70,13 +76,63 @@ def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> No
     ds = spec.dataset
     if ds.is_synthetic and ds.n_samples is not None and ds.sample_shape is not None:
         over(("dataset", "n_samples"), ds.n_samples, limits.max_synthetic_samples, "n_samples")
-        elements = 1
-        for d in ds.sample_shape:
-            elements *= d
-        over(("dataset", "sample_shape"), elements, limits.max_sample_elements,
+        over(("dataset", "sample_shape"), math.prod(ds.sample_shape), limits.max_sample_elements,
              "the number of values per sample")
+    if not problems:
+        problems = _resource_problems(spec, limits, data or builtin_data(ds))
     if problems:
         raise InvalidInput(problems)
+
+
+def _resource_problems(spec: JobSpec, limits: Limits,
+                       data: DataShape | None) -> list[dict[str, Any]]:
+    """What the job would need (app/core/estimate.py) against the limits, field by field."""
+    if data is None:
+        return []
+    try:
+        layers = resolve(spec.model, data.sample_shape)
+    except UserError:
+        return []  # a model that does not fit its data fails as the runner's user_error
+    need = estimate(spec, layers, data)
+    problems = []
+    model_field: tuple[str, ...] = ("model",
+                                    "layers" if spec.model.layers is not None else "preset")
+    if need.params > limits.max_params:
+        problems.append(problem(model_field, f"the model has {need.params:,} trainable "
+                                f"parameters; this service allows at most {limits.max_params:,} "
+                                "(TRAINERY_LIMIT_MAX_PARAMS)", "limit_exceeded"))
+    if spec.dataset.is_synthetic and data.nbytes > limits.max_dataset_bytes:
+        problems.append(problem(("dataset", "n_samples"), f"{data.n_samples:,} samples of shape "
+                                f"{list(data.sample_shape)} are {_size(data.nbytes)} of synthetic "
+                                f"data; this service generates at most "
+                                f"{_size(limits.max_dataset_bytes)} "
+                                "(TRAINERY_LIMIT_MAX_DATASET_BYTES)", "limit_exceeded"))
+    if not problems and need.total > limits.job_memory_bytes:
+        # Named after the field whose share is largest; evaluation batches hold at least
+        # EVAL_BATCH_MIN samples whatever batch_size says, so there the layers are to blame.
+        batch = model_field if need.evaluation_bound else ("training", "batch_size")
+        parts = {model_field: need.weights + need.gradients + need.optimizer,
+                 batch: need.activations, ("dataset",): need.dataset}
+        worst = max(parts, key=parts.__getitem__)
+        problems.append(problem(worst, (
+            f"the job needs about {_size(need.total)} of memory (weights "
+            f"{_size(need.weights)}, gradients {_size(need.gradients)}, optimizer state "
+            f"{_size(need.optimizer)}, activations of one batch {_size(need.activations)}"
+            f"{EVALUATION_NOTE if need.evaluation_bound else ''}, "
+            f"dataset {_size(need.dataset)}); a worker gives a job at most "
+            f"{_size(limits.job_memory_bytes)} (TRAINERY_LIMIT_JOB_MEMORY_BYTES)"),
+            "limit_exceeded"))
+    return problems
+
+
+EVALUATION_NOTE = f" in evaluation, which runs batches of at least {EVAL_BATCH_MIN} samples"
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
 
 
 def submit(uow: UnitOfWork, spec: JobSpec, *, owner: str, limits: Limits,
@@ -85,8 +141,8 @@ def submit(uow: UnitOfWork, spec: JobSpec, *, owner: str, limits: Limits,
 
     A repeated idempotency key returns the first job (and wakes nobody)."""
     session = uow.session
-    check_limits(spec, limits, max_gpus_per_job)
-    datasets.check_job_dataset(session, spec, owner)
+    data = datasets.check_job_dataset(session, spec, owner)
+    check_limits(spec, limits, max_gpus_per_job, data)
     spec_json = spec.model_dump(mode="json", exclude_none=True)
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, owner, idempotency_key)

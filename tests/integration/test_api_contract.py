@@ -36,6 +36,15 @@ def job_count(stack: Stack) -> int:
     ({k: v for k, v in design_spec().items() if k != "framework"}, "framework"),
     (design_spec(priority="high"), "priority"),
     (design_spec(extra_field=True), "extra_field"),
+    # Specs that could never train (issue 12): ~4e9 parameters, 4 TB of synthetic data,
+    # and 63 conv2d of 8192 filters on megapixel images.
+    (design_spec(model={"layers": [{"type": "dense", "units": 8192}] * 64}), "model.layers"),
+    (design_spec(dataset={"builtin": "synthetic", "n_samples": 10**6, "sample_shape": [10**6],
+                          "num_classes": 2}), "dataset.n_samples"),
+    (design_spec(dataset={"builtin": "synthetic", "n_samples": 10,
+                          "sample_shape": [1000, 1000, 1], "num_classes": 2},
+                 model={"layers": [*[{"type": "conv2d", "filters": 8192}] * 63,
+                                   {"type": "global_avgpool"}]}), "model.layers"),
 ])
 def test_bad_specs_are_422_with_the_path_and_store_nothing(stack: Stack, body: dict[str, Any],
                                                            path: str) -> None:

@@ -150,6 +150,21 @@ def test_runner_exception_is_internal_with_its_traceback(fresh_stack: Stack) -> 
     assert "injected fault" in done["error"]["message"]
 
 
+@ONE_BACKEND("postgres")
+def test_a_runner_over_its_memory_cap_fails_out_of_memory(fresh_stack: Stack) -> None:
+    # 1.6 GB of synthetic data fits the API's default budget (8 GiB) but not this worker's
+    # runners (1.2 GB of data segment): the allocation fails at once, and says so.
+    fresh_stack.start_worker("w1", env={"TRAINERY_RUNNER_MEMORY_BYTES": str(1200 << 20)})
+    big = tiny_spec(name="big", dataset={"builtin": "synthetic", "n_samples": 400_000,
+                                         "sample_shape": [1000], "num_classes": 2})
+    done = fresh_stack.wait(fresh_stack.submit(big)["id"], timeout=90)
+    assert done["status"] == "failed" and done["error"]["type"] == "out_of_memory"
+    assert "ran out of memory" in done["error"]["message"]
+    assert "TRAINERY_RUNNER_MEMORY_BYTES" in done["error"]["message"]
+    # The same cap leaves room for an ordinary job: the worker trains on.
+    assert fresh_stack.wait(fresh_stack.submit(tiny_spec())["id"])["status"] == "succeeded"
+
+
 def test_idempotent_submit_returns_the_first_job(fresh_stack: Stack) -> None:
     spec = slow_spec("idem", queue="nowhere")
     first = fresh_stack.client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "k-1"})

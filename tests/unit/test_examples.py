@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from app.core.spec import JobSpec
+from app.services.jobs import check_limits
+from app.settings import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,3 +20,4 @@ def test_examples_are_valid_job_specs(path: Path) -> None:
     twin = path.name.removeprefix("keras-")
     assert (ROOT / "examples" / twin).exists() and (ROOT / "examples" / f"keras-{twin}").exists()
     assert spec.framework == ("keras" if path.name.startswith("keras-") else "pytorch")
+    check_limits(spec, Limits())  # the default limits and resource estimates admit it

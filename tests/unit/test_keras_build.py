@@ -17,10 +17,11 @@ pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 
+from app.core.estimate import param_count  # noqa: E402
+from app.core.modelspec import ResolvedLayer, resolve  # noqa: E402
 from app.core.spec import JobSpec, ModelSpec  # noqa: E402
 from workers import datasets  # noqa: E402
 from workers.callbacks import Callback, standard_callbacks  # noqa: E402
-from workers.modelspec import ResolvedLayer, resolve  # noqa: E402
 from workers.runners.common import StopRequested  # noqa: E402
 from workers.runners.tfkeras.backend import KerasBackend, dtype_policy_for  # noqa: E402
 from workers.runners.tfkeras.build import apply_layer, build_model  # noqa: E402
@@ -113,6 +114,17 @@ def test_presets_build_with_shapes_from_modelspec(preset: str, shape: tuple[int,
         assert tuple(x.shape[1:]) == r.output_shape
     model = _model(resolved, shape, 10)
     assert model.predict(np.zeros((3, *shape), np.float32), verbose=0).shape == (3, 10)
+
+
+@pytest.mark.parametrize(("layers", "preset", "shape"), [
+    (IMAGE_LAYERS, None, (13, 11, 3)), (POOLED_LAYERS, None, (9, 9, 2)),
+    (None, "lenet5", (12, 12, 1)), (None, "resnet8", (12, 12, 3))])
+def test_the_submit_estimate_counts_exactly_the_trainable_weights(
+        layers: list[dict[str, Any]] | None, preset: str | None, shape: tuple[int, ...]) -> None:
+    resolved = _resolved(layers, shape, preset)
+    model = _model(resolved, shape, 3)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert param_count(resolved, shape, 3) == trainable
 
 
 def test_the_spec_means_what_docs_frameworks_md_says() -> None:
@@ -339,3 +351,12 @@ def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
             for e, logs in resumed_reports.epochs] == strip
     for a, b in zip(variables(straight), variables(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tensorflows_failed_allocations_are_out_of_memory() -> None:
+    import tensorflow as tf
+
+    from workers.runners.tfkeras.framework import out_of_memory
+
+    assert out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
+    assert not out_of_memory(tf.errors.InvalidArgumentError(None, None, "bad shape"))

@@ -30,7 +30,7 @@ def test_readme_lists_exactly_the_presets() -> None:
 
 
 def test_every_preset_is_built_by_the_worker() -> None:
-    source = (ROOT / "workers" / "modelspec.py").read_text()
+    source = (ROOT / "app" / "core" / "modelspec.py").read_text()
     built = {node.comparators[0].value for node in ast.walk(ast.parse(source))
              if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name)
              and node.left.id == "name" and isinstance(node.comparators[0], ast.Constant)}

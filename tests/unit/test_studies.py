@@ -100,6 +100,22 @@ def test_bounds_are_checked_against_the_spec_schema_and_limits() -> None:
     assert not any(p.startswith("space.framework") for p in found)
 
 
+def test_the_base_and_every_bound_are_checked_against_the_resource_estimates() -> None:
+    request = study_request({"name": "random", "max_trials": 2})
+    request["base"]["model"]["layers"].append({"type": "dense", "units": 16})
+    limits = Limits(max_params=1000)
+    with pytest.raises(InvalidInput) as info:
+        validate(StudyCreate.model_validate(request), limits)
+    found = {p["path"]: p["message"] for p in info.value.detail}
+    assert "units = 64" in found["space.model.layers[0].units.high"]
+    assert "TRAINERY_LIMIT_MAX_PARAMS" in found["space.model.layers[0].units.high"]
+    request["base"]["model"]["layers"][1]["units"] = 200
+    with pytest.raises(InvalidInput) as info:
+        validate(StudyCreate.model_validate(request), limits)
+    assert "TRAINERY_LIMIT_MAX_PARAMS" in {p["path"]: p["message"]
+                                           for p in info.value.detail}["base.model.layers"]
+
+
 def test_grid_needs_steps_and_objective_must_be_reported() -> None:
     found = problems(study_request(
         {"name": "grid", "max_trials": 4},

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from app.core.estimate import param_count
+from app.core.modelspec import resolve, same_padding
 from app.core.spec import JobSpec, ModelSpec
 from workers.callbacks import BestTracker, Callback, CallbackList, Logs, Trainer
 from workers.datasets import Dataset, input_stats, synthetic
 from workers.errors import UserError
-from workers.modelspec import resolve, same_padding
 from workers.runners.common import StopRequested
 from workers.runners.pytorch.backend import TorchBackend
 from workers.runners.pytorch.build import build_model
@@ -69,6 +70,25 @@ def test_every_layer_type_builds_with_the_shapes_modelspec_predicts() -> None:
 def test_presets(preset: str, shape: tuple[int, ...]) -> None:
     model = model_for(None, shape, 10, preset=preset)
     assert model(torch.rand(3, *shape)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(("layers", "preset", "shape", "outputs"), [
+    (LAYERS, None, (25, 23, 3), 3),
+    ([{"type": "dense", "units": 9, "use_bias": False}, {"type": "batchnorm"},
+      {"type": "dense", "units": 5}], None, (6,), 1),
+    ([{"type": "residual", "filters": 3}, {"type": "residual", "filters": 3, "strides": 2},
+      {"type": "conv2d", "filters": 2, "kernel_size": [1, 3], "use_bias": False},
+      {"type": "flatten"}], None, (5, 5, 3), 2),
+    (None, "mlp", (64,), 10), (None, "mlp", (8, 8, 1), 4), (None, "lenet5", (28, 28, 1), 10),
+    (None, "resnet8", (16, 16, 3), 10), (None, "airbench", (16, 16, 3), 10),
+])
+def test_the_submit_estimate_counts_exactly_the_built_parameters(
+        layers: list[dict[str, Any]] | None, preset: str | None, shape: tuple[int, ...],
+        outputs: int) -> None:
+    spec = ModelSpec.model_validate({"layers": layers} if layers else {"preset": preset})
+    model = model_for(layers, shape, outputs, preset)
+    built = sum(p.numel() for p in model.parameters())
+    assert param_count(resolve(spec, shape), shape, outputs) == built
 
 
 def test_uint8_images_are_accepted_as_stored() -> None:

@@ -12,9 +12,9 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from app.core.modelspec import ResolvedLayer
 from app.core.spec import JobSpec
 from workers.datasets import Dataset
-from workers.modelspec import ResolvedLayer
 from workers.reporting import JobReporter
 
 # The spec's `framework` -> the module that implements `Framework` for it.
@@ -55,6 +55,10 @@ class Framework(Protocol):
     def export(self, spec: JobSpec, data: Dataset, backend: Any, model_args: ModelArgs,
                reporter: JobReporter, onnx_fault: bool) -> dict[str, Any]:
         """Store the trained model's downloads; what the model card adds about them."""
+        ...
+
+    def out_of_memory(self, exc: BaseException) -> bool:
+        """Whether exc is the framework saying an allocation failed (host or device)."""
         ...
 
 

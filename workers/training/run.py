@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from app.core.modelspec import resolve
 from app.core.spec import JobSpec
 from workers import dataset_cache, datasets
 from workers.callbacks import Callback, standard_callbacks
-from workers.modelspec import resolve
 from workers.reporting import JobReporter
 from workers.runners import ModelArgs, preload
 from workers.runners.common import StopFlag, model_card, resume_from_latest

@@ -31,8 +31,8 @@ class StudyNotFound(NotFound):
 
 def create(session: Session, req: StudyCreate, owner: str, limits: Limits) -> Study:
     """Validate and store a running study (its first trials start at the next tick)."""
-    plan = validate(req, limits)
-    datasets.check_job_dataset(session, req.base, owner)
+    data = datasets.check_job_dataset(session, req.base, owner)
+    plan = validate(req, limits, data)
     searcher = req.searcher.model_dump(exclude_none=True)
     searcher["grid_size"], searcher["rungs"] = plan.grid_size, plan.rungs
     study = Study(id=f"study_{uuid.uuid4().hex[:24]}", owner=owner, name=req.name,

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.core.errors import InvalidInput, problem, validation_problems
+from app.core.estimate import DataShape
 from app.core.spec import JobSpec
 from app.schemas.studies import MAX_GRID_POINTS, IntDist, StudyCreate
 from app.services.jobs import check_limits
@@ -44,10 +45,15 @@ def asha_rungs(min_epochs: int, reduction_factor: int, max_rungs: int, epochs: i
     return [e for e in below if e < epochs] + [epochs]
 
 
-def validate(req: StudyCreate, limits: Limits) -> Plan:
-    """The study's plan, or InvalidInput listing every problem with its field path."""
+def validate(req: StudyCreate, limits: Limits, data: DataShape | None = None) -> Plan:
+    """The study's plan, or InvalidInput listing every problem with its field path; data is
+    an uploaded dataset's shape, for the resource estimates."""
     base = req.base.model_dump(mode="json")
     problems: list[dict[str, Any]] = []
+    try:
+        check_limits(req.base, limits, data=data)
+    except InvalidInput as exc:
+        problems += [problem(("base", *p["loc"]), p["message"], p["type"]) for p in exc.detail]
     for path, dist in req.space.items():
         loc: tuple[str | int, ...] = ("space", path)
         try:
@@ -65,7 +71,7 @@ def validate(req: StudyCreate, limits: Limits) -> Plan:
             continue
         for where, value in sp.bounds(dist):
             problems += _bound_problems(base, path, value, (*loc, *_where(dist, where)),
-                                        limits)
+                                        limits, data)
     search = req.searcher
     grid_size = None
     if search.name == "grid":
@@ -100,11 +106,11 @@ def _where(dist: Any, where: str | int) -> tuple[str | int, ...]:
 
 
 def _bound_problems(base: dict[str, Any], path: str, value: Any, loc: tuple[str | int, ...],
-                    limits: Limits) -> list[dict[str, Any]]:
+                    limits: Limits, data: DataShape | None) -> list[dict[str, Any]]:
     """Problems with the spec that has path set to value (its own field first)."""
     try:
         spec = JobSpec.model_validate(sp.apply(base, {path: value}))
-        check_limits(spec, limits)
+        check_limits(spec, limits, data=data)
     except ValidationError as exc:
         found = validation_problems(exc.errors())
     except InvalidInput as exc:

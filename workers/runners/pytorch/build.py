@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.core.modelspec import ResolvedLayer, same_padding
 from app.core.spec import (
     ActivationLayer,
     BatchNormLayer,
@@ -20,7 +21,6 @@ from app.core.spec import (
     PoolLayer,
     ResidualLayer,
 )
-from workers.modelspec import ResolvedLayer, same_padding
 
 LEAKY_RELU_SLOPE = 0.2  # Keras 3's default, so both frameworks mean the same
 

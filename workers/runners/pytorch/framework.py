@@ -24,6 +24,13 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__}
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A CUDA allocation failed (OutOfMemoryError), or a CPU one (c10's allocator raises a
+    plain RuntimeError with this text when malloc fails, e.g. at the runner's data limit)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def setup(spec: JobSpec, device: str) -> torch.device:
     """Seed Python, NumPy and torch; the torch device for the verified one."""
     random.seed(spec.training.seed)

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from app.core.modelspec import ResolvedLayer
 from app.core.spec import (
     ActivationLayer,
     BatchNormLayer,
@@ -24,7 +25,6 @@ from app.core.spec import (
     PoolLayer,
     ResidualLayer,
 )
-from workers.modelspec import ResolvedLayer
 
 LEAKY_RELU_SLOPE = 0.2  # Keras 3's default; the PyTorch side uses the same
 RESIDUAL_BN = {"momentum": 0.9, "epsilon": 1e-5}  # torch BatchNorm2d(eps=1e-5, momentum=0.1)

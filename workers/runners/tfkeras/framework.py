@@ -25,6 +25,11 @@ def versions() -> dict[str, str]:
     return {"tensorflow": tf.__version__, "keras": keras.__version__}
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """TensorFlow's allocators (CPU and GPU) report a failed allocation as ResourceExhausted."""
+    return isinstance(exc, tf.errors.ResourceExhaustedError)
+
+
 def setup(spec: JobSpec, device: str) -> Any | None:
     """Use the verified device (before TensorFlow starts its runtime), then seed; the GPU."""
     gpu = configure_devices(device)

@@ -1,4 +1,6 @@
-"""The spec's model, framework-free: presets expanded and every layer's input and output shape."""
+"""The spec's model, framework-free: presets expanded and every layer's input and output shape.
+
+The runners build from it and the API estimates a job's size from it (app/core/estimate.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.errors import UserError
 from app.core.spec import (
     ActivationLayer,
     BatchNormLayer,
@@ -18,7 +21,6 @@ from app.core.spec import (
     PoolLayer,
     ResidualLayer,
 )
-from workers.errors import UserError
 
 Layer = Any  # one of the layer spec models in app.core.spec
 Shape = tuple[int, ...]
