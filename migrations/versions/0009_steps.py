@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_steps_job_id_jobs"),
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "name", "step", name=op.f("pk_job_steps")),
+        sqlite_with_rowid=False,  # rows clustered by (job, metric, step): see app/models.py
     )
 
 
