@@ -138,6 +138,8 @@ def test_tensorboard_writes_what_the_api_serves(diabetes_job: dict[str, Any], cl
     hparams = plugin.session_start_info.hparams
     assert hparams["training.log_every_steps"].number_value == 3
     assert hparams["task"].string_value == "regression"
+    assert hparams["model.layers[0].units"].number_value == \
+        diabetes_job["spec"]["model"]["layers"][0]["units"]
     assert scalars("final/val_mae") == [(2, pytest.approx(diabetes_job["metrics"]["val_mae"]))]
 
     again = cli("tensorboard", job_id, "--logdir", str(tmp_path / "runs"))

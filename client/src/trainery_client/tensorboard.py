@@ -33,15 +33,22 @@ class Export:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, HParam]:
-    """A spec as hparams: {"training": {"lr": 1}} -> {"training.lr": 1}; lists as JSON text."""
-    if isinstance(value, dict):
+    """A spec as hparams, by field path as the compare page names them ({"model": {"layers":
+    [{"units": 8}]}} -> {"model.layers[0].units": 8}); null and empty containers as JSON text
+    (the plugin takes numbers, strings and booleans only)."""
+    if isinstance(value, dict) and value:
         out: dict[str, HParam] = {}
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
+    if isinstance(value, list) and value:
+        out = {}
+        for i, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}[{i}]"))
+        return out
     if isinstance(value, (bool, str, int, float)):
         return {prefix: value}
-    return {prefix: json.dumps(value)}  # lists and null: the plugin takes no other types
+    return {prefix: json.dumps(value)}
 
 
 def run_dir_name(job: Job) -> str:
