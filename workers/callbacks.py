@@ -237,7 +237,8 @@ class EpochRecorder(Callback):
     def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:
         # A mid-epoch checkpoint: a handed-back or cancelled job resumes at this
         # batch, not at the start of the epoch.
-        self.reporter.record_steps(self._take_steps())
+        if self.steps:
+            self.reporter.record_steps(self._take_steps())
         self.reporter.save_checkpoint(epoch, trainer.checkpoint_bytes(epoch),
                                       {"interrupted_after_batch": batch}, keep_last=self.keep_last)
         self.reporter.event(f"checkpoint after {batch} batches of epoch {epoch + 1} "
