@@ -64,4 +64,7 @@
   refresh();
   // job.js owns the event stream; it announces each epoch's metrics on the document.
   document.addEventListener("trainery:metrics", reload);
+  // A long epoch writes its logged steps every 10 s (EpochRecorder.STEP_FLUSH_S): look as
+  // often while the job lives (the page reloads itself when the job ends).
+  if (!data.terminal) setInterval(reload, 10000);
 })();
