@@ -127,6 +127,21 @@ class EpochMetrics(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class StepMetric(Base):
+    """One training metric at one optimizer step (`training.log_every_steps`); a row a
+    resumed attempt trains again is replaced, never duplicated. None: not finite."""
+
+    __tablename__ = "job_steps"
+    # SQLite keeps the rows in their primary key's order (no rowid table beside the index):
+    # the downsampling scan reads one B-tree, not an index plus a table lookup per row.
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+
+
 class Blob(Base):
     """A byte stream stored as fixed-size chunks; visible only once complete."""
 

@@ -41,6 +41,10 @@ class Callback:
 
     def on_batch_end(self, trainer: Trainer, batch: int) -> None: ...
 
+    def on_step_log(self, trainer: Trainer, step: int, logs: Logs) -> None:
+        """Every `training.log_every_steps` optimizer steps: the mean training loss and
+        metrics since the last one, and lr (values read from the device just for this)."""
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None: ...
 
     def on_train_end(self, trainer: Trainer, logs: Logs) -> None: ...
@@ -72,6 +76,10 @@ class CallbackList(Callback):
     def on_batch_end(self, trainer: Trainer, batch: int) -> None:
         for cb in self.callbacks:
             cb.on_batch_end(trainer, batch)
+
+    def on_step_log(self, trainer: Trainer, step: int, logs: Logs) -> None:
+        for cb in self.callbacks:
+            cb.on_step_log(trainer, step, logs)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         for cb in self.callbacks:
@@ -174,11 +182,15 @@ class EpochRecorder(Callback):
     worker then redoes at most one epoch plus that share, however busy the machine
     (a small model's Python-bound loop holds the GIL and would otherwise starve the
     writer thread for most of an epoch).
+
+    Logged steps (`training.log_every_steps`) wait in memory and go in with their epoch's
+    commit, or on their own once STEP_FLUSH_S have passed (a long epoch) or training stops.
     """
 
     name = "recorder"
     WRITE_LAG_SHARE = 0.05
     MIN_WRITE_LAG_S = 0.05
+    STEP_FLUSH_S = 10.0
 
     def __init__(self, reporter: JobReporter, tracker: BestTracker, every_epochs: int,
                  keep_last: int) -> None:
@@ -187,6 +199,17 @@ class EpochRecorder(Callback):
         self.seconds = 0.0  # time the training thread spends: serialising, queueing, waiting
         self.lag_s: float | None = None  # how long the last epoch's writes may take
         self.deadline = 0.0
+        self.steps: list[tuple[int, Logs]] = []
+        self.steps_since = time.perf_counter()
+
+    def _take_steps(self) -> list[tuple[int, Logs]]:
+        steps, self.steps, self.steps_since = self.steps, [], time.perf_counter()
+        return steps
+
+    def on_step_log(self, trainer: Trainer, step: int, logs: Logs) -> None:
+        self.steps.append((step, dict(logs)))
+        if time.perf_counter() - self.steps_since > self.STEP_FLUSH_S:
+            self.reporter.record_steps(self._take_steps())
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         if self.lag_s is not None:
@@ -205,7 +228,8 @@ class EpochRecorder(Callback):
         last = epoch == trainer.epochs or trainer.stop_training
         checkpoint = None if epoch % self.every and not last else trainer.checkpoint_bytes(epoch)
         self.reporter.record_epoch(epoch, trainer.epochs, logs, self.tracker.best,
-                                   checkpoint=checkpoint, keep_last=self.keep_last)
+                                   checkpoint=checkpoint, keep_last=self.keep_last,
+                                   steps=self._take_steps())
         self.lag_s = max(self.MIN_WRITE_LAG_S,
                          self.WRITE_LAG_SHARE * logs.get("epoch_time_s", 0.0))
         self.seconds += time.perf_counter() - start
@@ -213,6 +237,8 @@ class EpochRecorder(Callback):
     def on_interrupt(self, trainer: Trainer, epoch: int, batch: int) -> None:
         # A mid-epoch checkpoint: a handed-back or cancelled job resumes at this
         # batch, not at the start of the epoch.
+        if self.steps:
+            self.reporter.record_steps(self._take_steps())
         self.reporter.save_checkpoint(epoch, trainer.checkpoint_bytes(epoch),
                                       {"interrupted_after_batch": batch}, keep_last=self.keep_last)
         self.reporter.event(f"checkpoint after {batch} batches of epoch {epoch + 1} "

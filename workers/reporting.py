@@ -19,6 +19,7 @@ from app.blobstore import BlobCorrupt, BlobInfo, BlobMissing, BlobStore
 from app.db import transaction
 from app.models import Artifact, Blob, Checkpoint, Job
 from app.services import lifecycle
+from app.services import steps as step_store
 from workers.errors import Superseded
 
 log = logging.getLogger(__name__)
@@ -146,22 +147,35 @@ class JobReporter:
 
     def record_epoch(self, epoch: int, epochs: int, logs: dict[str, float],
                      best: dict[str, Any] | None, *, checkpoint: bytes | None = None,
-                     keep_last: int = 1) -> None:
-        """One epoch's metrics and the job's progress, and its checkpoint when one is due,
-        committed together: the progress never runs ahead of the checkpoint."""
+                     keep_last: int = 1, steps: step_store.StepLogs = ()) -> None:
+        """One epoch's metrics (and its logged steps not yet written) and the job's
+        progress, and its checkpoint when one is due, committed together: the progress
+        never runs ahead of the checkpoint."""
         self.flush()  # the previous epoch's writes have landed: never more than one behind
-        logs, best = dict(logs), None if best is None else dict(best)
+        logs, best, steps = dict(logs), None if best is None else dict(best), list(steps)
 
         def progress(session: Session) -> None:
             if not lifecycle.record_epoch(session, self.job_id, self.attempt, epoch, epochs,
                                           logs, best):
                 raise Superseded(f"attempt {self.attempt} of {self.job_id} no longer owns the job")
+            step_store.record(session, self.job_id, steps)
 
         if checkpoint is None:
             self._write(lambda: self._commit(progress))
         else:
             self._write(lambda: self._commit_checkpoint(epoch, checkpoint, logs, keep_last,
                                                         progress))
+
+    def record_steps(self, steps: step_store.StepLogs) -> None:
+        """Logged steps on their own (mid-epoch), in one statement."""
+        steps = list(steps)
+        if not steps:
+            return
+
+        def write(session: Session) -> None:
+            self._fence(session)
+            step_store.record(session, self.job_id, steps)
+        self._write(lambda: self._commit(write))
 
     def save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, Any],
                         *, keep_last: int) -> None:

@@ -238,6 +238,8 @@ class TrainingSpec(StrictModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = Field(0, ge=0, le=2**31 - 1)
     compile: bool = False
+    # Record the training loss, metrics and lr every N optimizer steps (the step series).
+    log_every_steps: PositiveInt | None = Field(None, le=1_000_000)
 
 
 class CheckpointSpec(StrictModel):

@@ -26,6 +26,7 @@ from app.db import transaction
 from app.services import datasets as dataset_service
 from app.services import dispatch, runs
 from app.services import jobs as job_service
+from app.services import steps as step_service
 from app.services.unit_of_work import UnitOfWork
 from app.settings import Settings
 from app.web import forms, session, views
@@ -176,9 +177,12 @@ def job_page(job_id: str, page: PageDep, db: SessionDep, settings: SettingsDep) 
     events = job_service.events(db, job, 0, PAGE_EVENTS)
     unavailable = ((job.model_card or {}).get("unavailable_formats") or {})
     formats = [(f, unavailable.get(f)) for f in job_service.FORMATS[job.framework]]
+    log_every = ((job.spec.get("training") or {}).get("log_every_steps"))
     data = {"id": job.id, "status": job.status, "rows": rows, "order": runs.CHART_ORDER,
             "after": events[-1].id if events else 0,
-            "terminal": JobStatus(job.status).is_terminal}
+            "terminal": JobStatus(job.status).is_terminal,
+            "steps": step_service.series(db, job.id) if log_every else None,
+            "log_every_steps": log_every, "step_points": step_service.DEFAULT_POINTS}
     return page.render("job.html", job=public, events=events, stderr_tail=_stderr_tail(events),
                        checkpoints=job_service.checkpoints(db, job),
                        card=job.model_card if job.status == JobStatus.SUCCEEDED.value else None,

@@ -54,6 +54,7 @@ def diabetes_job(cli: Cli) -> dict[str, Any]:
     """The diabetes example, shortened, submitted and followed by the CLI."""
     result = cli("submit", str(ROOT / "examples" / "diabetes-regression.yaml"),
                  "--set", "training.epochs=2", "--set", "checkpoint.every_epochs=1",
+                 "--set", "training.log_every_steps=3",
                  "--follow", "--json")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -99,6 +100,51 @@ def test_read_commands_and_json_output(diabetes_job: dict[str, Any], cli: Cli,
 
     datasets = json.loads(cli("datasets", "list", "--json").stdout)
     assert "diabetes" in [d["id"] for d in datasets]
+
+
+def test_tensorboard_writes_what_the_api_serves(diabetes_job: dict[str, Any], cli: Cli,
+                                               stack: Stack, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    job_id = diabetes_job["id"]
+    result = cli("tensorboard", job_id, "--logdir", str(tmp_path / "runs"), "--json")
+    assert result.exit_code == 0, result.output
+    [written] = json.loads(result.stdout)
+    events = EventAccumulator(written["run_dir"], size_guidance={"scalars": 0})
+    events.Reload()
+
+    def scalars(tag: str) -> list[tuple[int, float]]:
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    epochs = stack.client.get(f"/v1/jobs/{job_id}/metrics").json()
+    steps = stack.client.get(f"/v1/jobs/{job_id}/metrics",
+                             params={"series": "steps", "max_points": 10_000}).json()
+    assert steps["steps"] and written["steps"] == len(steps["steps"])
+    tags = events.Tags()["scalars"]
+    assert {f"epochs/{k}" for k in epochs[0] if k != "epoch"} | \
+        {f"steps/{k}" for k in steps["metrics"]} <= set(tags)
+    for name in ("loss", "val_mae", "lr"):
+        assert scalars(f"epochs/{name}") == [(r["epoch"], pytest.approx(r[name])) for r in epochs]
+    for name, bucket in steps["metrics"].items():
+        assert scalars(f"steps/{name}") == [(s, pytest.approx(v)) for s, v in
+                                            zip(steps["steps"], bucket["last"], strict=True)]
+
+    # The hparams plugin: the flattened spec, and the final metrics beside the scalars.
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    plugin = plugin_data_pb2.HParamsPluginData.FromString(
+        content[hparams_metadata.SESSION_START_INFO_TAG])
+    hparams = plugin.session_start_info.hparams
+    assert hparams["training.log_every_steps"].number_value == 3
+    assert hparams["task"].string_value == "regression"
+    assert hparams["model.layers[0].units"].number_value == \
+        diabetes_job["spec"]["model"]["layers"][0]["units"]
+    assert scalars("final/val_mae") == [(2, pytest.approx(diabetes_job["metrics"]["val_mae"]))]
+
+    again = cli("tensorboard", job_id, "--logdir", str(tmp_path / "runs"))
+    assert again.exit_code == 0 and "tensorboard --logdir" in again.stdout
+    assert len(list(Path(written["run_dir"]).glob("events.out.tfevents.*"))) == 1
 
 
 def test_lenet_example_trains(stack: Stack, cli: Cli) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("tensorflow")
 
 FRAMEWORKS = ("keras", "pytorch")
+LOG_EVERY = 10
+STEPS_PER_EPOCH = 23  # 1,438 training digits in batches of 64
 METRIC_ROW = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s"}
 # Loads a downloaded model in a Python without this project and writes its
 # predictions for the raw inputs in x.npy to pred.npy; {load} is the framework's part.
@@ -84,9 +87,12 @@ class DesignRun:
 
 @pytest.fixture(scope="module")
 def design_runs(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, DesignRun]:
-    """The DESIGN.md section 3 spec, trained once with each framework on this stack."""
-    ids = {fw: stack.submit(design_spec(name=f"digits-{fw}", framework=fw))["id"]
-           for fw in FRAMEWORKS}
+    """The DESIGN.md section 3 spec, trained once with each framework on this stack, logging
+    every 10th optimizer step."""
+    specs = {fw: design_spec(name=f"digits-{fw}", framework=fw) for fw in FRAMEWORKS}
+    for spec in specs.values():
+        spec["training"] = {**spec["training"], "log_every_steps": LOG_EVERY}
+    ids = {fw: stack.submit(spec)["id"] for fw, spec in specs.items()}
     jobs = {fw: stack.wait(job_id, timeout=300) for fw, job_id in ids.items()}
     x, _ = _digits()
     where = tmp_path_factory.mktemp("design")
@@ -197,3 +203,28 @@ def test_keras_conv_job_on_images_with_a_precision_fallback(stack: Stack, tmp_pa
     x, y = synthetic(600, [12, 12, 1], 3, seed=1)  # the job's data, NHWC as stored
     logits = np.asarray(load_here(stack, job["id"], tmp_path)(x))
     assert logits.shape == (600, 3) and (logits.argmax(1) == y).mean() > 0.6
+
+
+def test_both_frameworks_log_steps_that_the_server_downsamples(
+        stack: Stack, design_runs: dict[str, DesignRun]) -> None:
+    for fw, run in design_runs.items():
+        job = run.job
+        assert job["status"] == "succeeded", job["error"]
+        url = f"/v1/jobs/{job['id']}/metrics"
+        epochs = stack.client.get(url).json()
+        full = stack.client.get(url, params={"series": "steps", "max_points": 10_000}).json()
+        assert full["steps"] == list(range(LOG_EVERY, len(epochs) * STEPS_PER_EPOCH + 1,
+                                           LOG_EVERY)), fw
+        assert full["bucket_steps"] == 1 and set(full["metrics"]) == {"loss", "accuracy", "lr"}
+        loss, lr = full["metrics"]["loss"]["last"], full["metrics"]["lr"]["last"]
+        assert loss[0] > loss[-1] and all(math.isfinite(v) for v in loss), fw
+        assert lr == [pytest.approx(epochs[(s - 1) // STEPS_PER_EPOCH]["lr"])
+                      for s in full["steps"]], fw
+
+        few = stack.client.get(url, params={"series": "steps", "max_points": 5}).json()
+        assert len(few["steps"]) <= 5 and few["steps"][-1] == full["steps"][-1]
+        assert max(few["metrics"]["loss"]["max"]) == max(loss)
+        assert min(few["metrics"]["loss"]["min"]) == min(loss)
+    bad = stack.client.get(url, params={"series": "steps", "max_points": 100_000})
+    assert bad.status_code == 422 and "max_points" in bad.text
+    assert stack.client.get(url, params={"series": "batches"}).status_code == 422

@@ -127,7 +127,8 @@ def chart_points(page: Any, metric: str) -> int:
 def test_list_and_job_page_follow_a_training_job_live(web: Stack,
                                                       pages: tuple[Any, Console]) -> None:
     context, _ = pages
-    job = web.submit(tiny_spec(epochs=8, name="slowjob"))
+    job = web.submit(tiny_spec(epochs=8, name="slowjob", training={
+        "epochs": 8, "batch_size": 16, "log_every_steps": 2}))
     listing = context.new_page()
     listing.goto(web.url + "/")
     row = listing.locator(f'tr[data-job="{job["id"]}"]')
@@ -138,20 +139,30 @@ def test_list_and_job_page_follow_a_training_job_live(web: Stack,
     page.wait_for_selector('figure.chart[data-metric="loss"] .plot[data-mounted] canvas',
                            timeout=60_000)
     seen: set[int] = set()
+    seen_steps: set[int] = set()
     deadline = time.monotonic() + 120
     while web.job(job["id"])["status"] not in ("succeeded", "failed") \
             and time.monotonic() < deadline:
         seen.add(chart_points(page, "loss"))
+        seen_steps.add(chart_points(page, "steps/loss"))
         time.sleep(0.2)
     assert web.job(job["id"])["status"] == "succeeded"
-    # The curve grew while the job trained: some intermediate point count was drawn.
+    # The curves grew while the job trained: some intermediate point count was drawn.
     assert any(0 < n < 8 for n in seen), seen
+    steps = web.client.get(f"/v1/jobs/{job['id']}/metrics", params={"series": "steps"}).json()
+    assert len(steps["steps"]) > 8 and any(0 < n < len(steps["steps"]) for n in seen_steps), \
+        seen_steps
     # At the end the page reloads itself and shows every epoch, the downloads and the card.
     page.wait_for_selector("a.button[download]", timeout=30_000)
     assert chart_points(page, "loss") == 8
     page.wait_for_selector('figure.chart[data-metric="accuracy"] .plot[data-mounted]')
     assert page.locator("#job-status .status").inner_text() == "succeeded"
     assert "torchscript" in page.locator(".actions").inner_text()
+    # The step curves sit under the epoch curves, every logged step drawn.
+    page.locator("#step-charts").scroll_into_view_if_needed()
+    page.wait_for_selector('figure.chart[data-metric="steps/loss"] .plot[data-mounted] canvas')
+    assert chart_points(page, "steps/loss") == len(steps["steps"])
+    screenshot(page, "web-steps.png")
     # The list updated the row without a reload (htmx polls the table while jobs run).
     row.locator(".status-succeeded").wait_for(timeout=30_000)
     assert listing.locator(".status-succeeded").first.inner_text() == "succeeded"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,18 @@ class FakeReporter:
         self.epochs: list[tuple[int, dict[str, float]]] = []
         self.checkpoints: dict[int, bytes] = {}
         self.events: list[str] = []
+        self.steps: list[tuple[int, dict[str, float]]] = []
 
     def record_epoch(self, epoch: int, epochs: int, logs: dict[str, float], best: Any, *,
-                     checkpoint: bytes | None = None, keep_last: int = 1) -> None:
+                     checkpoint: bytes | None = None, keep_last: int = 1,
+                     steps: Sequence[tuple[int, dict[str, float]]] = ()) -> None:
         self.epochs.append((epoch, dict(logs)))
+        self.steps.extend(steps)
         if checkpoint is not None:
             self.checkpoints[epoch] = checkpoint
+
+    def record_steps(self, steps: Sequence[tuple[int, dict[str, float]]]) -> None:
+        self.steps.extend(steps)
 
     def save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, float], *,
                         keep_last: int) -> None:
@@ -333,7 +340,8 @@ class StopAtBatch(Callback):
 
 
 def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
-    spec = JobSpec.model_validate(RESUME_SPEC)
+    spec = JobSpec.model_validate({**RESUME_SPEC, "training": {**RESUME_SPEC["training"],
+                                                               "log_every_steps": 2}})
     straight, straight_reports = _trainer(spec, init_seed=0)
     straight.fit()
 
@@ -351,6 +359,12 @@ def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
             for e, logs in resumed_reports.epochs] == strip
     for a, b in zip(variables(straight), variables(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The logged steps: the stop wrote its own, the resume logs only later ones, and (past
+    # its first, which averages the batches trained since the resume) the same values.
+    before, after = [s for s, _ in reports.steps], [s for s, _ in resumed_reports.steps]
+    assert before and after and before[-1] < after[0]
+    assert before + after == [s for s, _ in straight_reports.steps]
+    assert resumed_reports.steps[1:] == straight_reports.steps[len(before) + 1:]
 
 
 def test_tensorflows_failed_allocations_are_out_of_memory() -> None:

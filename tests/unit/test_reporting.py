@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.blobstore import BlobStore
 from app.db import transaction
 from app.models import Blob, BlobChunk, Checkpoint, EpochMetrics, Job, JobEvent
-from app.services import lifecycle
+from app.services import lifecycle, steps
 from tests.unit.test_lifecycle import new_job
 from workers.errors import Superseded
 from workers.reporting import JobReporter
@@ -183,3 +183,37 @@ def test_an_epochs_writes_must_land_early_in_the_next_epoch(
     now[0] += recorder.MIN_WRITE_LAG_S - 0.001  # a short epoch still gets the 50 ms floor
     recorder.on_batch_end(trainer, 0)  # type: ignore[arg-type]
     assert reporter.flushes == 1
+
+
+def test_steps_land_with_their_epoch_and_a_redone_step_replaces_its_row(
+        factory: sessionmaker[Session]) -> None:
+    r = reporter(factory)
+    r.record_steps([(1, {"loss": 4.0, "lr": 0.1}), (2, {"loss": float("nan"), "lr": 0.1})])
+    r.record_epoch(1, 2, {"loss": 1.0}, None, steps=[(3, {"loss": 3.0, "lr": 0.1})])
+    # A resumed attempt trains steps 2-3 again: the rows are replaced, not added.
+    r.record_epoch(1, 2, {"loss": 1.0}, None, steps=[(2, {"loss": 2.5, "lr": 0.1}),
+                                                      (3, {"loss": 2.0, "lr": 0.1})])
+    with factory() as session:
+        out = steps.series(session, r.job_id, 1000)
+    assert out["steps"] == [1, 2, 3] and out["bucket_steps"] == 1
+    assert out["metrics"]["loss"] == {"min": [4.0, 2.5, 2.0], "max": [4.0, 2.5, 2.0],
+                                      "last": [4.0, 2.5, 2.0]}
+    r.record_steps([(2, {"loss": float("inf")})])  # not finite: stored as null
+    with factory() as session:
+        assert steps.series(session, r.job_id, 1000)["metrics"]["loss"]["last"][1] is None
+
+
+def test_the_step_series_keeps_each_buckets_min_max_and_last(
+        factory: sessionmaker[Session]) -> None:
+    r = reporter(factory)
+    values = {s: 1.0 / s for s in range(1, 1001)}
+    values[537] = 50.0  # a spike downsampling must not lose
+    r.record_steps([(s, {"loss": v}) for s, v in values.items()])
+    with factory() as session:
+        out = steps.series(session, r.job_id, 10)
+    assert out["bucket_steps"] == 100 and out["steps"] == list(range(100, 1001, 100))
+    loss = out["metrics"]["loss"]
+    assert max(loss["max"]) == 50.0 and loss["max"][5] == 50.0
+    assert loss["min"][0] == values[100] and loss["last"] == [values[s] for s in out["steps"]]
+    with factory() as session:
+        assert steps.series(session, "nope", 10)["steps"] == []

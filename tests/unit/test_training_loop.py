@@ -143,3 +143,47 @@ def test_the_registry_knows_every_spec_framework_and_refuses_others() -> None:
     assert set(FRAMEWORKS) == set(typing.get_args(framework))
     with pytest.raises(ValueError, match="unknown framework"):
         preload("jax")
+
+
+class StepLog(Callback):
+    """Records the logged steps."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, Logs]] = []
+
+    def on_step_log(self, trainer: Trainer, step: int, logs: Logs) -> None:
+        self.steps.append((step, logs))
+
+
+STEP_SPEC = SPEC.model_copy(update={"training": SPEC.training.model_copy(
+    update={"log_every_steps": 2})})
+
+
+def test_logged_steps_average_their_batches_and_cost_one_read_each() -> None:
+    # 10 samples in batches of 4: 3 steps an epoch (4, 4, 2 samples), 9 steps in all.
+    backend, log = CountingBackend(), StepLog()
+    TrainingLoop(STEP_SPEC, backend, CallbackList([log])).fit()
+    assert [s for s, _ in log.steps] == [2, 4, 6, 8]
+    assert backend.host_reads == 3 * 2 + 4
+    # Step 4 spans epochs: batch 3 of epoch 1 (2 samples) and batch 1 of epoch 2 (4).
+    assert log.steps[1][1]["accuracy"] == 1.0 and log.steps[1][1]["lr"] == \
+        STEP_SPEC.training.optimizer.lr * 0.5
+    straight = CountingBackend()
+    plain = StepLog()
+    TrainingLoop(SPEC, straight, CallbackList([plain])).fit()
+    assert plain.steps == [] and straight.host_reads == 3 * 2
+
+
+def test_a_resumed_run_logs_only_the_steps_after_its_checkpoint() -> None:
+    straight = StepLog()
+    TrainingLoop(STEP_SPEC, CountingBackend(), CallbackList([straight])).fit()
+    before, hooks = StepLog(), Hooks(stop_at=(2, 1))  # stops after step 5
+    with pytest.raises(StopRequested):
+        TrainingLoop(STEP_SPEC, CountingBackend(), CallbackList([hooks, before])).fit()
+    after = StepLog()
+    loop = TrainingLoop(STEP_SPEC, CountingBackend(), CallbackList([after]))
+    loop.load_checkpoint(hooks.payload)
+    loop.fit()
+    assert [s for s, _ in before.steps] == [2, 4] and [s for s, _ in after.steps] == [6, 8]
+    # Step 6 averages only the batch trained since the resume; later ones are the same.
+    assert after.steps[1] == straight.steps[3]

@@ -4,11 +4,13 @@ The loop owns the schedule (the learning rate of each epoch), the callbacks, the
 `logs` dict, resuming mid-epoch at a batch, and stopping at a batch boundary. The
 backend owns the model, the optimizer, the data on the device and the checkpoint
 format. Batch results stay on the device (`train_batch` returns device-side sums,
-added up on the device); the loop reads them back once per epoch.
+added up on the device); the loop reads them back once per epoch, and with
+`training.log_every_steps` once every that many optimizer steps as well.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,6 +100,12 @@ class TrainingLoop:
         self.resume_batch = 0  # batches of start_epoch already trained (a mid-epoch resume)
         self.resume_totals: Any = None
         self.interrupted: tuple[int, Any] | None = None
+        self.log_every = spec.training.log_every_steps
+        self.lr = 0.0
+        # The sums and sample count since the last logged step, on the device. A resume
+        # starts them afresh: its first logged step averages the batches trained since.
+        self.step_sums: Any = None
+        self.step_samples = 0
 
     # -- checkpoints -------------------------------------------------------
 
@@ -127,6 +135,19 @@ class TrainingLoop:
         values = self.backend.values(total)  # the one host sync
         return {name: value / max(1, n) for name, value in zip(self.metrics, values, strict=True)}
 
+    def _log_step(self, epoch: int, batch: int, sums: Any) -> None:
+        """Add a batch to the interval; at every log_every-th optimizer step, report it."""
+        bs, n = self.spec.training.batch_size, self.backend.n_train
+        self.step_sums = sums if self.step_sums is None else self.step_sums + sums
+        self.step_samples += min(bs, n - batch * bs)
+        step = epoch * math.ceil(n / bs) + batch + 1
+        if self.log_every is None or step % self.log_every:
+            return
+        logs = self._logs(self.step_sums, self.step_samples)  # the interval's one host sync
+        logs["lr"] = self.lr
+        self.step_sums, self.step_samples = None, 0
+        self.callbacks.on_step_log(self, step, logs)
+
     def _train_epoch(self, epoch: int) -> Logs:
         total = self.backend.zeros()
         skip, self.resume_batch = self.resume_batch, 0
@@ -137,7 +158,10 @@ class TrainingLoop:
             if batch < skip:
                 continue  # trained before the interruption
             # Nothing here reads a value back: no device sync per batch.
-            total += self.backend.train_batch(item)
+            sums = self.backend.train_batch(item)
+            total += sums
+            if self.log_every is not None:
+                self._log_step(epoch, batch, sums)
             self.callbacks.on_batch_end(self, batch)
             if self.stop.is_set():
                 self.interrupted = (batch + 1, self.backend.to_host(total))
@@ -154,6 +178,7 @@ class TrainingLoop:
         for epoch in range(self.start_epoch, self.epochs):
             lr = lr_at(self.spec.training.lr_schedule, base_lr, epoch, self.epochs)
             self.backend.set_lr(lr)
+            self.lr = lr
             self.callbacks.on_epoch_begin(self, epoch + 1)
             started = time.perf_counter()
             logs = self._train_epoch(epoch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +25,7 @@ from app.core.spec import JobSpec
 from app.core.states import JobStatus
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
 from app.services import jobs as job_service
+from app.services import steps as step_service
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -89,9 +90,18 @@ def _public(session: Session, job_id: str, owner: str, settings: Settings) -> Jo
 
 
 @router.get("/{job_id}/metrics")
-def get_metrics(job_id: str, session: SessionDep, owner: OwnerDep) -> list[dict[str, Any]]:
-    """The per-epoch series."""
-    return job_service.metrics(session, job_service.get_job(session, job_id, owner))
+def get_metrics(
+    job_id: str, session: SessionDep, owner: OwnerDep,
+    series: Literal["epochs", "steps"] = "epochs",
+    max_points: Annotated[int, Query(ge=2, le=step_service.MAX_POINTS)] = (
+        step_service.DEFAULT_POINTS),
+) -> list[dict[str, Any]] | dict[str, Any]:
+    """The per-epoch series (a row per epoch), or the step series downsampled on the server
+    to at most max_points buckets of min, max and last."""
+    job = job_service.get_job(session, job_id, owner)
+    if series == "steps":
+        return step_service.series(session, job.id, max_points)
+    return job_service.metrics(session, job)
 
 
 def _event_public(event: Any) -> EventPublic:

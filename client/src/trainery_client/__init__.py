@@ -32,6 +32,8 @@ from trainery_client.models import (
     MetricRow,
     ModelFile,
     Progress,
+    StepBucket,
+    StepSeries,
 )
 from trainery_client.retry import NO_RETRY, RetryPolicy
 from trainery_client.sync_client import Client
@@ -41,5 +43,5 @@ __all__ = [
     "Checkpoint", "ChecksumMismatch", "Client", "Conflict", "ConnectionFailed", "Dataset", "Event",
     "IdempotencyKeyReused", "InvalidTransition", "Job", "JobError", "JobPage", "MetricRow",
     "ModelFile", "ModelNotReady", "NotFound", "Progress", "RetryPolicy", "ServerError",
-    "TraineryError", "ValidationFailed", "WaitTimeout", "__version__",
+    "StepBucket", "StepSeries", "TraineryError", "ValidationFailed", "WaitTimeout", "__version__",
 ]

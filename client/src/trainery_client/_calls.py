@@ -19,7 +19,15 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from trainery_client._version import __version__
-from trainery_client.models import Checkpoint, Dataset, Event, Job, JobPage, MetricRow
+from trainery_client.models import (
+    Checkpoint,
+    Dataset,
+    Event,
+    Job,
+    JobPage,
+    MetricRow,
+    StepSeries,
+)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -105,6 +113,11 @@ def list_jobs(status: str | None, limit: int, cursor: str | None) -> Call[JobPag
 
 def metrics(job_id: str) -> Call[list[MetricRow]]:
     return Call("GET", job_path(job_id, "metrics"), _many(MetricRow), idempotent=True)
+
+
+def step_metrics(job_id: str, max_points: int) -> Call[StepSeries]:
+    return Call("GET", job_path(job_id, "metrics"), _one(StepSeries),
+                params={"series": "steps", "max_points": max_points}, idempotent=True)
 
 
 def events(job_id: str, after: int) -> Call[list[Event]]:

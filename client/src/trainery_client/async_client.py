@@ -16,7 +16,16 @@ import httpx
 from trainery_client import _calls
 from trainery_client._base_client import BaseClient
 from trainery_client._effects import Emit, Plan, PlanRunner
-from trainery_client.models import Checkpoint, Dataset, Event, Job, JobPage, MetricRow, ModelFile
+from trainery_client.models import (
+    Checkpoint,
+    Dataset,
+    Event,
+    Job,
+    JobPage,
+    MetricRow,
+    ModelFile,
+    StepSeries,
+)
 
 T = TypeVar("T")
 
@@ -82,6 +91,10 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
     async def metrics(self, job_id: str) -> builtins.list[MetricRow]:
         """The per-epoch metrics, in order."""
         return await self._run(self._call(_calls.metrics(job_id)))
+
+    async def step_metrics(self, job_id: str, *, max_points: int = 1000) -> StepSeries:
+        """The per-step series, downsampled by the server (min, max and last per bucket)."""
+        return await self._run(self._call(_calls.step_metrics(job_id, max_points)))
 
     async def events(self, job_id: str, *, after: int = 0) -> builtins.list[Event]:
         """The job's events so far (after event id `after`), oldest first."""

@@ -82,6 +82,25 @@ class MetricRow(ApiModel):
         return {k: v for k, v in self.to_json().items() if k != "epoch"}
 
 
+class StepBucket(ApiModel):
+    """One metric's values per bucket of steps: the lowest, the highest and the last."""
+
+    min: list[float | None]
+    max: list[float | None]
+    last: list[float | None]
+
+
+class StepSeries(ApiModel):
+    """The step series (`training.log_every_steps`), downsampled by the server to at most
+    `max_points` buckets of `bucket_steps` steps; `steps` is each bucket's last step."""
+
+    series: str = "steps"
+    max_points: int
+    bucket_steps: int
+    steps: list[int]
+    metrics: dict[str, StepBucket]
+
+
 class Event(ApiModel):
     """A state change (`kind="state"`), an epoch's metrics (`"metrics"`) or a log line (`"log"`)."""
 

@@ -89,6 +89,7 @@
       p.value = e.data.epoch;
       document.getElementById("job-epochs").textContent = "epoch " + e.data.epoch + "/" + p.max;
       refresh();
+      document.dispatchEvent(new CustomEvent("trainery:metrics", { detail: e.data }));
     }
     if (e.kind === "state" && e.to_status) setStatus(e.to_status);
   }
