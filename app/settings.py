@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # one per framework (more memory), "off" none (every runner starts cold).
     warm_runners: Literal["last", "both", "off"] = "last"
 
+    # Request bodies other than dataset uploads (JSON, the dashboard's forms): past this a
+    # 413 before anything is parsed, by Content-Length or counted as a chunked body streams.
+    max_json_body_bytes: int = Field(1 << 20, ge=1024)
+
     # Dataset uploads (docs/datasets.md): the largest file accepted, what its
     # archive (zip, npz) may unpack to and how many files it may hold, and the
     # local disk each worker host gives to cached datasets (least recently used go first).

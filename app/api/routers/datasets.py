@@ -24,7 +24,8 @@ from app.schemas.jobs import DatasetPublic
 from app.services import datasets as dataset_service
 from app.services.jobs import builtin_dataset_info
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+UPLOAD_PATH = "/v1/datasets"
+router = APIRouter(prefix=UPLOAD_PATH, tags=["datasets"])
 
 SYNTHETIC_INFO = DatasetPublic(
     id=SYNTHETIC, name=SYNTHETIC, source="builtin", task="classification", n_samples=None,
