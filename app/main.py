@@ -36,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.write_engine = writer(engine)
         app.state.admission = Admission(s.resolved_db_slots(), s.api_queue_wait_s,
                                         s.api_queue_max, s.api_retry_after_s)
+        app.state.conversions = Admission(s.max_conversions, s.conversion_wait_s,
+                                          s.api_queue_max, s.api_retry_after_s,
+                                          what="dataset conversion slot")
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.blobstore = open_store(app.state.sessionmaker, s)
         app.state.celery = make_celery(s)

@@ -71,10 +71,10 @@ def _endpoints(app: Any) -> Iterator[tuple[str, str, bool]]:
 
 
 @pytest.fixture
-def guarded(database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
+def guarded(module_database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
     """The app with TRAINERY_AUTH_REQUIRED, and a token that was revoked."""
-    settings = Settings(database_url=database_url, data_dir=tmp_path, broker_url=NO_BROKER,
-                        auth_required=True)
+    settings = Settings(database_url=module_database_url, data_dir=tmp_path,
+                        broker_url=NO_BROKER, auth_required=True)
     with TestClient(create_app(settings)) as client:
         factory: sessionmaker[Session] = client.app.state.sessionmaker  # type: ignore[attr-defined]
         with factory.begin() as session:
@@ -109,8 +109,9 @@ def test_every_route_refuses_a_caller_without_a_valid_key(
     assert checked >= 30  # the walk really saw the API
 
 
-def test_workers_show_another_owners_job_only_as_busy(database_url: str, tmp_path: Path) -> None:
-    settings = Settings(database_url=database_url, data_dir=tmp_path, broker_url=NO_BROKER)
+def test_workers_show_another_owners_job_only_as_busy(module_database_url: str,
+                                                      tmp_path: Path) -> None:
+    settings = Settings(database_url=module_database_url, data_dir=tmp_path, broker_url=NO_BROKER)
     with TestClient(create_app(settings)) as client:
         factory: sessionmaker[Session] = client.app.state.sessionmaker  # type: ignore[attr-defined]
         with factory.begin() as session:
