@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.admission import Admission
+from app.api.body_cap import BodyCap
 from app.api.errors import install_error_handlers
 from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
@@ -22,7 +23,8 @@ from app.web.routes import install as install_web
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; engines and clients are made at start-up, not at import."""
     # Logging first: uvicorn has set up its own by now and logs its start through ours.
-    configure_logging("api", (settings or get_settings()).log_format)
+    configured = settings or get_settings()
+    configure_logging("api", configured.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.write_engine = writer(engine)
         app.state.admission = Admission(s.resolved_db_slots(), s.api_queue_wait_s,
                                         s.api_queue_max, s.api_retry_after_s)
+        app.state.conversions = Admission(s.max_conversions, s.conversion_wait_s,
+                                          s.api_queue_max, s.api_retry_after_s,
+                                          what="dataset conversion slot")
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.blobstore = open_store(app.state.sessionmaker, s)
         app.state.celery = make_celery(s)
@@ -54,6 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(webhooks.router)
     install_web(app)
+    # Last added, so outermost: every body is capped before anything reads it. An upload
+    # streams to disk under its own cap (TRAINERY_MAX_UPLOAD_BYTES, app/api/routers/datasets.py).
+    app.add_middleware(BodyCap, max_bytes=configured.max_json_body_bytes,
+                       exempt_paths=frozenset({datasets.UPLOAD_PATH}))
     return app
 
 

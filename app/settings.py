@@ -107,13 +107,23 @@ class Settings(BaseSettings):
     # for the framework itself; 0: no cap.
     runner_memory_bytes: int | None = Field(None, ge=0)
 
+    # Request bodies other than dataset uploads (JSON, the dashboard's forms): past this a
+    # 413 before anything is parsed, by Content-Length or counted as a chunked body streams.
+    max_json_body_bytes: int = Field(1 << 20, ge=1024)
+
     # Dataset uploads (docs/datasets.md): the largest file accepted, what its
-    # archive (zip, npz) may unpack to and how many files it may hold, and the
+    # archive (zip, npz) may unpack to (the API holds about 1.5 times that in memory while
+    # it converts one: 128 MiB keeps a conversion under 256 MB) and how many files it may
+    # hold, and the
     # local disk each worker host gives to cached datasets (least recently used go first).
     max_upload_bytes: int = Field(256 << 20, ge=1)
-    max_unpacked_bytes: int = Field(2 << 30, ge=1)
+    max_unpacked_bytes: int = Field(128 << 20, ge=1)
     max_upload_files: int = Field(100_000, ge=1)
     dataset_cache_bytes: int = Field(8 << 30, ge=0)
+    # Uploads the API converts at once (each holds its arrays in memory, about 1.5 times
+    # max_unpacked_bytes); the rest wait up to conversion_wait_s, then 503 with Retry-After.
+    max_conversions: int = Field(1, ge=1, le=64)
+    conversion_wait_s: float = Field(60.0, gt=0)
 
     # Artifact storage (docs/operations.md): unset keeps checkpoints, models and
     # datasets as chunked blobs in SQL; "s3://bucket/prefix" puts their bytes in any

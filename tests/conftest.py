@@ -47,14 +47,25 @@ def _database(backend: str, tmp: Path) -> str:
     return create_postgres_database()
 
 
+def _migrated(backend: str, tmp: Path) -> Iterator[str]:
+    url = _database(backend, tmp)
+    migrate(url)
+    yield url
+    if backend == "postgres":
+        drop_postgres_database(url)
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database migrated to head, on each backend."""
-    url = _database(request.param, tmp_path)
-    migrate(url)
-    yield url
-    if request.param == "postgres":
-        drop_postgres_database(url)
+    yield from _migrated(request.param, tmp_path)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database_url(request: pytest.FixtureRequest,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One database migrated to head per backend, shared by a module's tests."""
+    yield from _migrated(request.param, tmp_path_factory.mktemp("db"))
 
 
 @pytest.fixture

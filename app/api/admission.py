@@ -11,6 +11,10 @@ as many again in overflow for short sessions, means an admitted request always
 finds a connection; the rest wait here, on the event loop, holding nothing but
 their socket. The line is bounded in length and in time: past either, 503 with
 Retry-After, decided before any work, so a refused POST created nothing.
+
+The same gate caps dataset conversions (parsing an upload holds its arrays in
+memory): at most TRAINERY_MAX_CONVERSIONS at once, so memory is bounded by that
+many times what one upload may unpack to, however many arrive together.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ class Admission:
     """A counting gate with a bounded line in front of it."""
 
     def __init__(self, slots: int, max_wait_s: float, max_queued: int,
-                 retry_after_s: int) -> None:
-        self.slots = slots
+                 retry_after_s: int, what: str = "database slot") -> None:
+        self.slots, self.what = slots, what
         self._gate = anyio.Semaphore(slots)
         self._max_wait_s = max_wait_s
         self._max_queued = max_queued
@@ -53,7 +57,7 @@ class Admission:
         finally:
             self.waiting -= 1
         if not acquired:
-            raise self._busy(f"no database slot came free within {self._max_wait_s:g} s")
+            raise self._busy(f"no {self.what} came free within {self._max_wait_s:g} s")
         try:
             yield
         finally:

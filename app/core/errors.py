@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from app.core.spec import FIELD_MARK, layer_tags
+from app.core.spec import layer_tags
+from app.core.strict import FIELD_MARK
 
 
 class DomainError(Exception):
@@ -126,12 +127,12 @@ def validation_problems(errors: Iterable[Any],
         loc = list(err.get("loc", ()))
         if strip_prefix and loc and loc[0] == strip_prefix:
             loc = loc[1:]
-        loc = _strip_union_tags(loc)
         message = str(err.get("msg", "invalid"))
         message = message.removeprefix("Value error, ")
         if message.startswith(FIELD_MARK):
             field, _, message = message[1:].partition(FIELD_MARK)
             loc = [*loc, *(int(p) if p.isdigit() else p for p in field.split("."))]
+        loc = _strip_union_tags(loc)
         if err.get("type") == "extra_forbidden":
             message = "unknown field; remove it (check the spelling against the spec reference)"
         elif err.get("type") == "missing":

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.core.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
+from app.core.strict import StrictModel
+from app.core.strict import field_error as _at
 
 Activation = Literal[
     "linear", "relu", "gelu", "tanh", "sigmoid", "elu", "selu", "silu", "leaky_relu", "softplus"
 ]
 Padding = Literal["same", "valid"]
 PositiveInt = Annotated[int, Field(ge=1)]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _pair(value: int | list[int]) -> list[int]:
@@ -300,12 +298,3 @@ class JobSpec(StrictModel):
         """The loss followed by the metrics reported each epoch (without the val_ prefix)."""
         metrics = self.training.metrics or [METRIC_NAMES[self.task][0]]
         return ["loss", *dict.fromkeys(metrics)]
-
-
-def _at(loc: tuple[str | int, ...], message: str) -> ValueError:
-    # Pydantic reports a model validator's error at the model's own path; the
-    # message carries the exact field so the 422 names it (app/errors.py).
-    return ValueError(f"{FIELD_MARK}{'.'.join(str(p) for p in loc)}{FIELD_MARK}{message}")
-
-
-FIELD_MARK = "\x1f"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from app.core.spec import JobSpec
+from app.core.strict import StrictModel as _Strict
 
 # Limits on one study request (docs/studies.md says each).
 MAX_SPACE_PARAMS = 32
@@ -15,10 +16,6 @@ MAX_CHOICES = 100
 MAX_TRIALS = 1000
 MAX_CONCURRENT_TRIALS = 64
 MAX_GRID_POINTS = 10_000
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class UniformDist(_Strict):
@@ -62,7 +59,10 @@ class IntDist(_Strict):
         return self
 
 
-ChoiceValue = str | int | float | bool | None | dict[str, Any] | list[Any]
+# Any float parses here so that a NaN is one clear error (StrictModel's number check on the
+# choice), not one per member of this union.
+ChoiceValue = (str | int | Annotated[float, Field(allow_inf_nan=True)] | bool | None
+               | dict[str, Any] | list[Any])
 
 
 class ChoiceDist(_Strict):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.core.strict import StrictModel
 
 
-class WebhookCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebhookCreate(StrictModel):
     url: str = Field(max_length=2000)
     events: list[str] = Field(min_length=1, max_length=10)
 

@@ -15,6 +15,8 @@ from app.services import lifecycle
 
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "default"
+# What a viewer sees as the current job of a worker that runs someone else's job.
+BUSY = "busy"
 
 
 def route(spec: JobSpec) -> str:
@@ -44,20 +46,24 @@ def beat(session: Session, name: str, current_job: str | None, state: str | None
     session.execute(update(WorkerRecord).where(WorkerRecord.name == name).values(**values))
 
 
-def live(session: Session, lost_after_s: float) -> list[WorkerRecord]:
+def live(session: Session, lost_after_s: float, viewer: str | None = None) -> list[WorkerRecord]:
     """Workers that reported within lost_after_s and have not stopped, with their current job.
 
     The current job comes from the jobs table (the claim), not from the worker's
-    last heartbeat, so it is right from the moment a job is claimed.
+    last heartbeat, so it is right from the moment a job is claimed. Given a
+    viewer, a job of another owner shows only as BUSY: job ids are the keys to
+    a job's pages, and one owner never learns another's.
     """
     since = utcnow() - timedelta(seconds=lost_after_s)
     rows = list(session.scalars(
         select(WorkerRecord).where(WorkerRecord.heartbeat_at >= since,
                                    WorkerRecord.state != "stopped")
         .order_by(WorkerRecord.name)))
-    running = dict(session.execute(
-        select(Job.worker, Job.id).where(Job.status.in_(lifecycle.LIVE),
-                                         Job.worker.in_([w.name for w in rows]))).tuples().all())
+    running = {worker: job_id if viewer is None or owner == viewer else BUSY
+               for worker, job_id, owner in session.execute(
+                   select(Job.worker, Job.id, Job.owner)
+                   .where(Job.status.in_(lifecycle.LIVE),
+                          Job.worker.in_([w.name for w in rows]))).tuples()}
     for w in rows:
         session.expunge(w)  # a read model: never written back
         w.current_job = running.get(w.name)

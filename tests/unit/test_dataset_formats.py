@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 import zipfile
 from typing import Any
 
@@ -133,12 +134,35 @@ def test_truncated_and_corrupt_npz_are_refused() -> None:
 
 
 def test_npz_header_promising_huge_array_is_refused_before_allocating() -> None:
+    # A few hundred bytes whose header claims a 1 GB array, under a limit that would allow it:
+    # the claim is held to the bytes the entry has, before anything is allocated.
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": "<f8", "fortran_order": False, "shape": (10**9, 4)})
+        buffer, {"descr": "<f8", "fortran_order": False, "shape": (125_000_000,)})
     payload = zip_bytes({"x.npy": buffer.getvalue() + b"\0" * 64,
                          "y.npy": npz_member(np.arange(2))})
-    assert "TRAINERY_MAX_UNPACKED_BYTES" in too_large(payload, "npz")
+    assert len(payload) < 1000
+    roomy = formats.UploadBounds(max_unpacked_bytes=2 << 30, max_files=10,
+                                 max_sample_elements=100)
+    tracemalloc.start()
+    try:
+        message = refused(payload, "npz", bounds=roomy)["message"]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "promises 1000000000 bytes" in message and "holds 64" in message
+    assert peak < 10_000_000
+
+
+def test_npz_directory_sizes_are_held_to_the_bytes_present() -> None:
+    x, y = blobs(50)
+    payload = zip_bytes({"x.npy": npz_member(x), "y.npy": npz_member(y)})
+    liar = bytearray(payload)
+    central = liar.index(b"PK\x01\x02")  # x.npy's directory entry: claim 1 GB unpacked
+    struct.pack_into("<I", liar, central + 24, 10**9)
+    assert "more than its compression can give" in refused(bytes(liar), "npz")["message"]
+    struct.pack_into("<I", liar, central + 20, 10**8)  # and 100 MB compressed
+    assert "claims more compressed bytes" in refused(bytes(liar), "npz")["message"]
 
 
 def npz_member(a: np.ndarray) -> bytes:

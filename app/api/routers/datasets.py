@@ -24,7 +24,8 @@ from app.schemas.jobs import DatasetPublic
 from app.services import datasets as dataset_service
 from app.services.jobs import builtin_dataset_info
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+UPLOAD_PATH = "/v1/datasets"
+router = APIRouter(prefix=UPLOAD_PATH, tags=["datasets"])
 
 SYNTHETIC_INFO = DatasetPublic(
     id=SYNTHETIC, name=SYNTHETIC, source="builtin", task="classification", n_samples=None,
@@ -107,10 +108,12 @@ async def upload_dataset(request: Request, response: Response, factory: SessionF
             raise InvalidInput([problem((k,), "unknown form field; the upload takes file, "
                                         + ", ".join(UPLOAD_FIELDS), "extra_forbidden")
                                 for k in unknown])
-        # Hashing, parsing and storing block: they run on a worker thread, not the event loop.
-        dataset, created = await run_in_threadpool(
-            dataset_service.create_from_upload, factory, blobs, settings, owner, upload.file,
-            upload.filename or "", fields)
+        # Hashing, parsing and storing block: they run on a worker thread, not the event loop,
+        # at most TRAINERY_MAX_CONVERSIONS at once (parsing holds the arrays in memory).
+        async with request.app.state.conversions.slot():
+            dataset, created = await run_in_threadpool(
+                dataset_service.create_from_upload, factory, blobs, settings, owner, upload.file,
+                upload.filename or "", fields)
     finally:
         await form.close()
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"

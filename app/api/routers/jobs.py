@@ -20,9 +20,10 @@ from app.api.deps import (
     UnitOfWorkDep,
 )
 from app.blobstore import BlobInfo
-from app.core.errors import ModelNotReady
+from app.core.errors import InvalidInput, ModelNotReady, problem
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
+from app.core.strict import INT64_MAX
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
 from app.services import jobs as job_service
 from app.services import steps as step_service
@@ -110,7 +111,7 @@ def _event_public(event: Any) -> EventPublic:
 
 @router.get("/{job_id}/events", response_model=list[EventPublic])
 def get_events(job_id: str, request: Request, session: SessionDep, factory: SessionFactoryDep,
-               owner: OwnerDep, after: Annotated[int, Query(ge=0)] = 0,
+               owner: OwnerDep, after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
                last_event_id: Annotated[str | None, Header()] = None) -> Any:
     """State changes and log lines in order; `Accept: text/event-stream` follows them live."""
     job = job_service.get_job(session, job_id, owner)
@@ -118,6 +119,11 @@ def get_events(job_id: str, request: Request, session: SessionDep, factory: Sess
         return [_event_public(e) for e in job_service.events(session, job, after)]
     start = after
     if last_event_id and last_event_id.isdigit():
+        # Event ids are SQL integers: a larger one is no id we ever sent (and overflows SQLite).
+        if int(last_event_id) > INT64_MAX:
+            raise InvalidInput([problem(("header", "last-event-id"), "not an event id this "
+                                        f"service sent (ids are at most {INT64_MAX})",
+                                        "less_than_equal")])
         start = max(start, int(last_event_id))
     # The stream outlives the request's unit of work: it polls in short sessions.
     return StreamingResponse(_event_stream(factory, job_id, owner, start, request),

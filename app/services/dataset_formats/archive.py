@@ -11,6 +11,7 @@ from app.core.errors import PayloadTooLarge
 from app.services.dataset_formats.checks import rejected
 
 READ_CHUNK = 1 << 20
+DEFLATE_MAX_RATIO = 1032
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
@@ -37,6 +38,7 @@ class Budget:
         self.check(n, what)
         self.left -= n
 
+
 def open_zip(upload: IO[bytes], what: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(upload)
@@ -45,17 +47,40 @@ def open_zip(upload: IO[bytes], what: str) -> zipfile.ZipFile:
                        f"or corrupt): {exc}") from exc
 
 
-def members(zf: zipfile.ZipFile, bounds: UploadBounds, what: str) -> list[zipfile.ZipInfo]:
-    """The archive's entries, after the limits its directory can be checked against."""
+def members(zf: zipfile.ZipFile, bounds: UploadBounds, what: str,
+            archive_bytes: int) -> list[zipfile.ZipInfo]:
+    """The archive's entries, after the limits its directory can be checked against.
+
+    The directory's sizes are claims: each is held to the bytes the archive really
+    has (archive_bytes) before anything is read, so no claim can make us allocate
+    more than the file could hold; reads are counted again as they inflate.
+    """
     infos = zf.infolist()
     if len(infos) > bounds.max_files:
         raise PayloadTooLarge(f"the {what} holds {len(infos)} files; this service accepts at most "
                               f"{bounds.max_files} (TRAINERY_MAX_UPLOAD_FILES)")
-    Budget(bounds.max_unpacked_bytes).take(sum(i.file_size for i in infos), f"the {what}")
+    if sum(i.compress_size for i in infos) > archive_bytes:
+        raise rejected(f"the {what}'s directory claims more compressed bytes than its "
+                       f"{archive_bytes} bytes hold; the archive is corrupt")
     for info in infos:
         if info.flag_bits & 0x1:
             raise rejected(f"{info.filename!r} is encrypted; upload an archive without a password")
+        if info.file_size > _most_inflated(info):
+            raise rejected(f"{info.filename!r} claims {info.file_size} bytes from "
+                           f"{info.compress_size} stored, more than its compression can give; "
+                           "the archive is corrupt")
+    Budget(bounds.max_unpacked_bytes).take(sum(i.file_size for i in infos), f"the {what}")
     return infos
+
+
+def _most_inflated(info: zipfile.ZipInfo) -> int:
+    # Stored entries are their bytes; deflate inflates at most ~1032:1 (a 258-byte match per
+    # two bits). Other methods (bzip2, lzma) go further: their reads are counted instead.
+    if info.compress_type == zipfile.ZIP_STORED:
+        return info.compress_size
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        return DEFLATE_MAX_RATIO * info.compress_size + 1024
+    return info.file_size
 
 
 def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget) -> bytes:

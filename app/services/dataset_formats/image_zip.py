@@ -87,7 +87,7 @@ def parse_image_zip(upload: IO[bytes], options: UploadOptions,
 
     zf = open_zip(upload, "zip")
     try:
-        classes = _class_folders(members(zf, bounds, "zip"))
+        classes = _class_folders(members(zf, bounds, "zip", upload.seek(0, io.SEEK_END)))
         names = sorted(classes)
         items = [(label, info) for label, name in enumerate(names) for info in classes[name]]
 

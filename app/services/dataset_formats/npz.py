@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from typing import IO
 
@@ -24,15 +25,16 @@ class _CountedReader:
     """A file-like view of a zip entry that charges every byte it reads to the budget."""
 
     def __init__(self, f: IO[bytes], budget: Budget) -> None:
-        self.f, self.budget = f, budget
+        self.f, self.budget, self.consumed = f, budget, 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
         self.budget.take(len(data), "the npz")
+        self.consumed += len(data)
         return data
 
 
-def _read_npy(f: _CountedReader, name: str, budget: Budget) -> np.ndarray:
+def _read_npy(f: _CountedReader, name: str, entry_bytes: int, budget: Budget) -> np.ndarray:
     """One .npy entry, parsed without numpy's pickle path: header first, then the raw numbers."""
     fmt = np.lib.format
     try:
@@ -51,6 +53,12 @@ def _read_npy(f: _CountedReader, name: str, budget: Budget) -> np.ndarray:
     if dtype.kind not in "biufU" or dtype.fields is not None or dtype.subdtype is not None:
         raise rejected(f"{name} has dtype {dtype}; use numbers (or strings for labels)")
     nbytes = math.prod(shape) * dtype.itemsize
+    # The header is a claim: it must match what the entry holds (a size its archive already
+    # held to the file's real bytes) before a byte is allocated for it.
+    held = entry_bytes - f.consumed
+    if nbytes != held:
+        raise rejected(f"{name}'s header promises {nbytes} bytes of data ({list(shape)} "
+                       f"{dtype}) but its entry holds {held}; the file is corrupt")
     budget.check(nbytes, "the npz")
     buffer = bytearray(nbytes)
     view = memoryview(buffer)
@@ -71,7 +79,7 @@ def parse_npz(upload: IO[bytes], options: UploadOptions, bounds: UploadBounds) -
     try:
         budget = Budget(bounds.max_unpacked_bytes)
         arrays: dict[str, np.ndarray] = {}
-        for info in members(zf, bounds, "npz"):
+        for info in members(zf, bounds, "npz", upload.seek(0, io.SEEK_END)):
             if info.is_dir():
                 continue
             name = info.filename.removesuffix(".npy")
@@ -79,7 +87,7 @@ def parse_npz(upload: IO[bytes], options: UploadOptions, bounds: UploadBounds) -
                 raise rejected(f"unexpected entry {info.filename!r}; an npz holds arrays x and y, "
                                "optionally x_val and y_val (np.savez(f, x=..., y=...))")
             with zf.open(info) as f:
-                arrays[name] = _read_npy(_CountedReader(f, budget), name, budget)
+                arrays[name] = _read_npy(_CountedReader(f, budget), name, info.file_size, budget)
     except ZIP_ERRORS as exc:
         raise rejected(f"the npz is corrupt: {exc}") from exc
     finally:
