@@ -22,7 +22,9 @@ from trainery_client.errors import (
     WaitTimeout,
 )
 from trainery_client.models import (
+    STUDY_END_STATES,
     TERMINAL_STATUSES,
+    BestTrial,
     Checkpoint,
     Dataset,
     Event,
@@ -32,14 +34,19 @@ from trainery_client.models import (
     MetricRow,
     ModelFile,
     Progress,
+    Study,
+    StudyPage,
+    StudySnapshot,
+    Trial,
 )
 from trainery_client.retry import NO_RETRY, RetryPolicy
 from trainery_client.sync_client import Client
 
 __all__ = [
-    "NO_RETRY", "TERMINAL_STATUSES", "AsyncClient", "AuthenticationFailed", "BadRequest",
-    "Checkpoint", "ChecksumMismatch", "Client", "Conflict", "ConnectionFailed", "Dataset", "Event",
-    "IdempotencyKeyReused", "InvalidTransition", "Job", "JobError", "JobPage", "MetricRow",
-    "ModelFile", "ModelNotReady", "NotFound", "Progress", "RetryPolicy", "ServerError",
-    "TraineryError", "ValidationFailed", "WaitTimeout", "__version__",
+    "NO_RETRY", "STUDY_END_STATES", "TERMINAL_STATUSES", "AsyncClient", "AuthenticationFailed",
+    "BadRequest", "BestTrial", "Checkpoint", "ChecksumMismatch", "Client", "Conflict",
+    "ConnectionFailed", "Dataset", "Event", "IdempotencyKeyReused", "InvalidTransition", "Job",
+    "JobError", "JobPage", "MetricRow", "ModelFile", "ModelNotReady", "NotFound", "Progress",
+    "RetryPolicy", "ServerError", "Study", "StudyPage", "StudySnapshot", "TraineryError",
+    "Trial", "ValidationFailed", "WaitTimeout", "__version__",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
@@ -37,6 +36,7 @@ from trainery_client.cli.render import (
     status_text,
     summary,
 )
+from trainery_client.documents import load_document
 
 
 def exit_code(job: Job) -> int:
@@ -98,12 +98,9 @@ def _set_path(spec: dict[str, Any], dotted: str, value: Any) -> None:
 def load_spec(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A job spec from a YAML or JSON file, with `dotted.key=value` overrides (values as YAML)."""
     try:
-        text = path.read_text()
-        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        fail(f"cannot read the spec {path}: {exc}")
-    if not isinstance(spec, dict):
-        fail(f"{path} does not hold a job spec (a mapping at the top level)")
+        spec = load_document(path)
+    except ValueError as exc:
+        fail(f"the job spec: {exc}")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
