@@ -37,6 +37,9 @@ app = typer.Typer(name="trainery", no_args_is_help=True, add_completion=False,
                        "worker, keys).")
 datasets_app = typer.Typer(no_args_is_help=True, help="Datasets a job can train on.")
 app.add_typer(datasets_app, name="datasets")
+study_app = typer.Typer(no_args_is_help=True,
+                        help="Hyperparameter studies: every trial is an ordinary job.")
+app.add_typer(study_app, name="study")
 
 JobId = Annotated[str, typer.Argument(help="The job's id (job_...).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

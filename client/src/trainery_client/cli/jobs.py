@@ -96,11 +96,12 @@ def _set_path(spec: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_spec(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """A job spec from a YAML or JSON file, with `dotted.key=value` overrides (values as YAML)."""
+    """A job spec (or study request) from a YAML or JSON file, with `dotted.key=value`
+    overrides (values as YAML)."""
     try:
         spec = load_document(path)
     except ValueError as exc:
-        fail(f"the job spec: {exc}")
+        fail(str(exc))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
