@@ -1,11 +1,11 @@
 """The `trainery` command: the app, its connection options, and the commands others add.
 
-Job and dataset commands (in this package) talk to the API through the SDK. A server
+Job, dataset and study commands (in this package) talk to the API through the SDK. A server
 install adds its own commands (`up`, `api`, `worker`, `keys`) through the
 `trainery.commands` entry-point group, loaded only when the command runs: importing this
 package never imports the service.
 
-Exit codes: 0 success; 1 the job failed; 2 the job was cancelled (and usage errors);
+Exit codes: 0 success; 1 the job (or study) failed; 2 it was cancelled (and usage errors);
 3 the request failed (the server said no, could not be reached, or the input is bad);
 130 interrupted (Ctrl-C stops the command, not the job).
 """
