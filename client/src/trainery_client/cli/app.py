@@ -80,6 +80,11 @@ def connect(ctx: typer.Context) -> Iterator[Client]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+def outcome_code(state: str) -> int:
+    """A finished job's or study's exit code: 0 succeeded, 1 failed, 2 cancelled."""
+    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(state, EXIT_FAILED)
+
+
 def fail(message: str) -> NoReturn:
     """Print the message in red and end the command with exit code 3."""
     Console(stderr=True).print(Text(f"error: {message}", style="red"))

@@ -16,14 +16,13 @@ from rich.text import Text
 
 from trainery_client import Client, Job
 from trainery_client.cli.app import (
-    EXIT_CANCELLED,
-    EXIT_FAILED,
     JobId,
     JsonOutput,
     MaxWait,
     app,
     connect,
     fail,
+    outcome_code,
     print_json,
 )
 from trainery_client.cli.render import (
@@ -33,6 +32,7 @@ from trainery_client.cli.render import (
     event_text,
     job_details,
     metrics_text,
+    short_time,
     status_text,
     summary,
 )
@@ -41,7 +41,7 @@ from trainery_client.documents import load_document
 
 def exit_code(job: Job) -> int:
     """0 succeeded, 1 failed, 2 cancelled."""
-    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(job.status, EXIT_FAILED)
+    return outcome_code(job.status)
 
 
 
@@ -173,7 +173,7 @@ def list_jobs(
                   Column("CREATED", no_wrap=True), "BEST", box=None, pad_edge=False,
                   header_style="bold")
     for job in shown:
-        created = job.created_at.astimezone().strftime("%m-%d %H:%M") if job.created_at else ""
+        created = short_time(job.created_at)
         table.add_row(job.id, job.name, status_text(job.status),
                       f"{job.progress.epoch}/{job.progress.epochs}", created,
                       best_text(job.best, short=True) if job.best else "")

@@ -29,6 +29,11 @@ def when(ts: datetime | None) -> str:
     return ts.astimezone().strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
+def short_time(ts: datetime | None) -> str:
+    """`12-01 14:05` in local time (a list's column), or ``."""
+    return ts.astimezone().strftime("%m-%d %H:%M") if ts else ""
+
+
 def duration(seconds: float) -> str:
     """`1h02m`, `3m05s` or `7s`."""
     minutes, secs = divmod(int(round(seconds)), 60)

@@ -11,18 +11,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Column, Table
 
-from trainery_client import Client, Study
-from trainery_client.cli.app import (
-    EXIT_CANCELLED,
-    EXIT_FAILED,
-    JsonOutput,
-    connect,
-    print_json,
-    study_app,
-)
+from trainery_client import Client
+from trainery_client.cli.app import JsonOutput, connect, outcome_code, print_json, study_app
 from trainery_client.cli.jobs import load_spec
 from trainery_client.cli.render import (
     best_line,
+    short_time,
     status_text,
     study_summary,
     study_view,
@@ -37,11 +31,6 @@ StudyWait = Annotated[float | None, typer.Option(
 PollSeconds = Annotated[float, typer.Option(min=0.1, help="Seconds between looks at the study.")]
 
 
-def study_exit_code(study: Study) -> int:
-    """0 succeeded, 1 failed, 2 cancelled."""
-    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(study.state, EXIT_FAILED)
-
-
 def follow_study_live(client: Client, study_id: str, as_json: bool, max_wait: float | None,
                       poll_s: float) -> int:
     """Show the study's trials live until it ends; its exit code."""
@@ -49,12 +38,12 @@ def follow_study_live(client: Client, study_id: str, as_json: bool, max_wait: fl
     if as_json:
         for snapshot in snapshots:
             print_json(snapshot.to_json(), compact=True)
-        return study_exit_code(client.study(study_id))
+        return outcome_code(client.study(study_id).state)
     with Live(console=Console(), auto_refresh=False) as live:
         for snapshot in snapshots:
             live.update(study_view(snapshot.study, snapshot.trials), refresh=True)
             study = snapshot.study
-    return study_exit_code(study)
+    return outcome_code(study.state)
 
 
 @study_app.command("create")
@@ -147,9 +136,8 @@ def study_list(
                   header_style="bold")
     for s in shown:
         best = value_text(s.best_trial.value) if s.best_trial else "-"
-        created = s.created_at.astimezone().strftime("%m-%d %H:%M") if s.created_at else ""
         table.add_row(s.id, s.name, status_text(s.state), str(s.trials.get("total", 0)), best,
-                      created)
+                      short_time(s.created_at))
     Console().print(table)
 
 
