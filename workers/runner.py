@@ -1,6 +1,8 @@
-"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH [DEVICE]`.
+"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH [DEVICE [CONTEXT]]`.
 
 DEVICE is the one the worker's device check verified ("cpu", "cuda:N"; default cpu).
+CONTEXT (JSON, `workers.warmpool.RunContext`) names the worker and the request id for the
+runner's log lines, and the inherited descriptor they go to (the worker's stderr).
 Imports exactly one framework, trains, and writes a one-line JSON outcome for the
 supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 6 out of memory,
 1 internal.
@@ -10,12 +12,14 @@ A warm runner (`workers.spare`) calls `preload` before its job arrives, then `ma
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +43,7 @@ from workers.training.run import run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_SUPERSEDED, EXIT_STOPPED = 0, 1, 3, 4, 5
 EXIT_OUT_OF_MEMORY = 6
+log = logging.getLogger("trainery.runner")
 
 __all__ = ["main", "preload"]  # preload: a pre-started runner imports its framework early
 
@@ -120,14 +125,24 @@ def limit_threads(threads: int | None) -> None:
     os.environ["TF_NUM_INTEROP_THREADS"] = str(min(2, threads))
 
 
+def _log_to(context: dict[str, Any]) -> TextIO:
+    """Where the runner's log lines go: the worker's stderr when it handed one down."""
+    fd = context.get("log_fd")
+    return sys.stderr if fd is None else os.fdopen(int(fd), "w", buffering=1)
+
+
 def main(argv: list[str]) -> int:
-    """Run one attempt of a job: argv is JOB_ID ATTEMPT RESULT_PATH [DEVICE]; the exit code."""
+    """Run one attempt of a job: argv is JOB_ID ATTEMPT RESULT_PATH [DEVICE [CONTEXT]]; the
+    exit code."""
     PHASES.mark("runner_started")
+    started = time.monotonic()
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
     device = argv[3] if len(argv) > 3 else "cpu"
+    context = json.loads(argv[4]) if len(argv) > 4 else {}
     settings = get_settings()
-    configure_logging("runner", settings.log_format)
-    log_context.update(job_id=job_id, attempt=attempt)
+    configure_logging("runner", settings.log_format, stream=_log_to(context))
+    log_context.update(job_id=job_id, attempt=attempt, worker=context.get("worker"),
+                       request_id=context.get("request_id"))
     stop = StopFlag()
     stop.install()
     limit_threads(settings.runner_threads)
@@ -139,10 +154,14 @@ def main(argv: list[str]) -> int:
 
     def outcome(code: int, **result: Any) -> int:
         result_path.write_text(json.dumps(result))
+        log.info("runner finished", extra={"outcome": result["status"], "exit_code": code,
+                                           "duration_s": round(time.monotonic() - started, 3)})
         return code
 
     try:
         spec = JobSpec.model_validate(reporter.spec)
+        log.info("runner started", extra={"framework": spec.framework, "device": device,
+                                          "warm": PHASES.warm, "pid": os.getpid()})
         try:
             _train(spec, reporter, stop, device, settings.fault_injection)
         finally:

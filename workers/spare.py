@@ -1,9 +1,10 @@
 """A warm runner: `python -m workers.spare FRAMEWORK`.
 
 Imports the framework and the project (`workers.runner.preload`), then waits for one
-line of JSON on stdin, `{"argv": [JOB_ID, ATTEMPT, RESULT_PATH]}`, and runs exactly
-what `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH` runs. End of input before a
-job (the worker discarded the spare, or died) ends the process with nothing done.
+line of JSON on stdin, `{"argv": [JOB_ID, ATTEMPT, RESULT_PATH, DEVICE, CONTEXT]}`, and
+runs exactly what `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH DEVICE CONTEXT`
+runs. End of input before a job (the worker discarded the spare, or died) ends the process
+with nothing done.
 One spare runs at most one job: nothing a job did can reach the next one.
 """
 

@@ -103,7 +103,8 @@ class Supervisor:
                 lifecycle.add_event(session, job_id, f"the job asks for a GPU; worker "
                                     f"{self.worker} has none (a CPU-only fleet), so it trains on "
                                     "the CPU", attempt=attempt)
-        runner = self.pool.start(spec["framework"], job_id, attempt, self.device)
+        runner = self.pool.start(spec["framework"], job_id, attempt, self.device, self.worker,
+                                 log_context.current("request_id"))
         try:
             log.info("job %s attempt %d: runner pid %d", job_id, attempt, runner.proc.pid)
             ended, stopped_for = self._watch(runner.proc, job_id, attempt,

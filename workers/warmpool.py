@@ -11,6 +11,11 @@ spare a job's runner starts cold, `python -m workers.runner JOB ATTEMPT RESULT`,
 before. A spare is started with exactly the environment a job's runner gets; if the
 worker's environment (or runner Python) changed since, or the spare died, it is
 discarded and the job's runner starts cold.
+
+A runner's stdout and stderr go to a private file (its tail goes into a failed job's
+events); its log records go to the worker's own stderr, through a copy of that descriptor
+every runner inherits, with the job, attempt, worker and request id in their context
+(`RunContext`).
 """
 
 from __future__ import annotations
@@ -70,6 +75,20 @@ def limit_data(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, hard))
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a runner's log lines say about where they come from, and where they go."""
+
+    worker: str | None = None
+    request_id: str | None = None  # of the request whose wake-up started the runner
+    log_fd: int | None = None  # the worker's stderr, inherited; None: the runner's own
+
+    def to_arg(self) -> str:
+        """The runner's CONTEXT argument (JSON)."""
+        return json.dumps({"worker": self.worker, "request_id": self.request_id,
+                           "log_fd": self.log_fd})
+
+
 def runner_env() -> dict[str, str]:
     """The environment a job's runner gets: the worker's own (threads, CUDA_VISIBLE_DEVICES,
     TRAINERY_*), unbuffered."""
@@ -89,21 +108,24 @@ class RunnerProcess:
     job: str | None = field(default=None)
 
     @classmethod
-    def spawn(cls, framework: str, python: str, env: dict[str, str],
-              job: tuple[str, int, str] | None = None,
+    def spawn(cls, framework: str, python: str, env: dict[str, str], log_fd: int | None,
+              job: tuple[str, int, str, RunContext] | None = None,
               memory_bytes: int | None = None) -> RunnerProcess:
         """Start a spare for framework (it preloads, then waits for `hand`), or, given a
-        job, a cold `python -m workers.runner JOB ATTEMPT RESULT DEVICE` for it; its data
-        segment capped at memory_bytes (None: no cap)."""
+        job, a cold `python -m workers.runner JOB ATTEMPT RESULT DEVICE CONTEXT` for it.
+        Either inherits log_fd, where its log lines go, and has its data segment capped
+        at memory_bytes (None: no cap)."""
         tmp = tempfile.TemporaryDirectory(prefix="trainery-")
         log_file = (Path(tmp.name) / "runner.log").open("wb")
         if job is None:
             argv, stdin = ["-m", "workers.spare", framework], subprocess.PIPE
         else:
             result = Path(tmp.name) / "result.json"
-            argv, stdin = ["-m", "workers.runner", job[0], str(job[1]), str(result), job[2]], None
+            argv, stdin = ["-m", "workers.runner", job[0], str(job[1]), str(result), job[2],
+                           job[3].to_arg()], None
         proc = subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
                                 stdout=log_file, stderr=subprocess.STDOUT,
+                                pass_fds=() if log_fd is None else (log_fd,),
                                 preexec_fn=functools.partial(_runner_preexec, memory_bytes))
         return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None)
 
@@ -118,10 +140,10 @@ class RunnerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def hand(self, job_id: str, attempt: int, device: str) -> None:
+    def hand(self, job_id: str, attempt: int, device: str, context: RunContext) -> None:
         """Give this runner its job (on the device the worker verified); OSError if it is gone."""
         assert self.proc.stdin is not None and self.job is None
-        line = {"argv": [job_id, str(attempt), str(self.result_path), device],
+        line = {"argv": [job_id, str(attempt), str(self.result_path), device, context.to_arg()],
                 "handed_at": time.time()}
         self.proc.stdin.write(json.dumps(line).encode() + b"\n")
         self.proc.stdin.close()
@@ -148,6 +170,14 @@ class WarmPool:
         self.spares: dict[str, RunnerProcess] = {}
         self.last = FRAMEWORKS[0]
         self.closed = False
+        self._log_fd: int | None = None
+
+    @property
+    def log_fd(self) -> int:
+        """A copy of this process's stderr for the runners to inherit (made at first use)."""
+        if self._log_fd is None:
+            self._log_fd = os.dup(sys.stderr.fileno())
+        return self._log_fd
 
     @property
     def python(self) -> str:
@@ -181,14 +211,16 @@ class WarmPool:
         for framework in wanted:
             if framework not in self.spares:
                 self.spares[framework] = RunnerProcess.spawn(
-                    framework, self.python, runner_env(),
+                    framework, self.python, runner_env(), self.log_fd,
                     memory_bytes=self.settings.resolved_runner_memory())
                 log.info("started a %s spare runner (pid %d)", framework,
                          self.spares[framework].proc.pid)
 
-    def start(self, framework: str, job_id: str, attempt: int, device: str) -> RunnerProcess:
+    def start(self, framework: str, job_id: str, attempt: int, device: str,
+              worker: str | None = None, request_id: str | None = None) -> RunnerProcess:
         """A runner running attempt of job_id: the spare if usable, else a fresh one; then
-        the next spare starts."""
+        the next spare starts. Its log lines name worker and request_id."""
+        context = RunContext(worker, request_id, self.log_fd)
         self.last = framework
         runner = self.spares.pop(framework, None)
         if runner is not None and not self._usable(runner):
@@ -196,13 +228,13 @@ class WarmPool:
             runner = None
         if runner is not None:
             try:
-                runner.hand(job_id, attempt, device)
+                runner.hand(job_id, attempt, device, context)
             except OSError:  # it died since _usable looked
                 runner.close()
                 runner = None
         if runner is None:
-            runner = RunnerProcess.spawn(framework, self.python, runner_env(),
-                                         (job_id, attempt, device),
+            runner = RunnerProcess.spawn(framework, self.python, runner_env(), self.log_fd,
+                                         (job_id, attempt, device, context),
                                          self.settings.resolved_runner_memory())
         self.fill()
         return runner

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # workers import this module too; they need no FastAPI
     from fastapi import FastAPI, Request, Response
@@ -102,18 +102,21 @@ class ConsoleFormatter(logging.Formatter):
         return f"{text} [{context}]" if context else text
 
 
-def resolve_format(setting: str) -> str:
+def resolve_format(setting: str, stream: TextIO | None = None) -> str:
     """auto: the console format on a terminal, JSON otherwise (a service, a container)."""
     if setting != "auto":
         return setting
-    return "console" if sys.stderr.isatty() else "json"
+    return "console" if (stream or sys.stderr).isatty() else "json"
 
 
-def configure_logging(component: str, fmt: str = "auto", level: int = logging.INFO) -> None:
-    """Route every logger of this process through one handler in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(component: str, fmt: str = "auto", level: int = logging.INFO,
+                      stream: TextIO | None = None) -> None:
+    """Route every logger of this process through one handler in the chosen format, to
+    stream (stderr by default)."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
     handler.addFilter(ContextFilter())
-    handler.setFormatter(JsonFormatter(component) if resolve_format(fmt) == "json"
+    handler.setFormatter(JsonFormatter(component) if resolve_format(fmt, stream) == "json"
                          else ConsoleFormatter(component))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -1,6 +1,7 @@
-"""Webhooks: register a URL for an owner's job endings; deliveries are queued in SQL in
-the transaction that ends the job, then signed and sent (with retries for a day) by the
-workers' webhook thread (workers/webhook_sender.py), so they never block or fail a job."""
+"""Webhooks: register a URL for an owner's job and study endings; deliveries are queued in
+SQL in the transaction that ends the job or study, then signed and sent (with retries for a
+day) by the workers' webhook thread (workers/webhook_sender.py), so they never block or fail
+a job."""
 
 from __future__ import annotations
 
@@ -124,23 +125,34 @@ def deliveries(session: Session, webhook_id: str, owner: str,
         .order_by(WebhookDelivery.id.desc()).limit(limit)))
 
 
+def _queue(session: Session, owner: str, wanted: list[str], body: dict[str, Any]) -> None:
+    """Queue one delivery to each of the owner's webhooks that wants one of `wanted` (the
+    first it wants names the event), in the caller's transaction."""
+    for hook in session.scalars(select(Webhook).where(Webhook.owner == owner)):
+        event = next((e for e in wanted if e in hook.events), None)
+        if event is None:
+            continue
+        payload = {"event": event, **body, "sent_for": utcnow().isoformat()}
+        session.execute(insert(WebhookDelivery).values(
+            webhook_id=hook.id, event=event, payload=payload, status="pending", attempts=0,
+            next_attempt_at=utcnow(), created_at=utcnow()))
+
+
 def job_ended(session: Session, job_id: str, status: str) -> None:
     """Queue the deliveries a job's end causes, in the transaction that ends it."""
     job = session.get(Job, job_id)
     if job is None:
         return
-    wanted = {"job.finished", f"job.{status}"}
-    hooks = [h for h in session.scalars(select(Webhook).where(Webhook.owner == job.owner))
-             if wanted & set(h.events)]
-    for hook in hooks:
-        event = f"job.{status}" if f"job.{status}" in hook.events else "job.finished"
-        payload = {"event": event, "job": {
-            "id": job.id, "name": job.name, "framework": job.framework, "status": status,
-            "attempt": job.attempt, "error_type": job.error_type, "metrics": job.metrics,
-            "best": job.best}, "sent_for": utcnow().isoformat()}
-        session.execute(insert(WebhookDelivery).values(
-            webhook_id=hook.id, event=event, payload=payload, status="pending", attempts=0,
-            next_attempt_at=utcnow(), created_at=utcnow()))
+    _queue(session, job.owner, [f"job.{status}", "job.finished"], {"job": {
+        "id": job.id, "name": job.name, "framework": job.framework, "status": status,
+        "attempt": job.attempt, "error_type": job.error_type, "metrics": job.metrics,
+        "best": job.best}})
+
+
+def study_ended(session: Session, owner: str, study: dict[str, Any]) -> None:
+    """Queue the `study.finished` deliveries, in the transaction that ends the study; `study`
+    is what the payload says of it (id, state, end_reason, trial counts, best trial)."""
+    _queue(session, owner, ["study.finished"], {"study": study})
 
 
 def backoff_s(attempts: int, base_s: float) -> float:

@@ -1,4 +1,4 @@
-"""The dashboard's pages: jobs, one job, compare, submit, datasets, sign-in."""
+"""The dashboard's pages: jobs, one job, compare, submit, datasets, studies, sign-in."""
 
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ from app.core.errors import DomainError, InvalidInput, validation_problems
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
 from app.db import transaction
+from app.models import Study
 from app.services import datasets as dataset_service
 from app.services import dispatch, runs
 from app.services import jobs as job_service
 from app.services import steps as step_service
+from app.services.studies import service as study_service
 from app.services.unit_of_work import UnitOfWork
 from app.settings import Settings
 from app.web import forms, session, views
@@ -303,6 +305,52 @@ def datasets_page(page: PageDep, db: SessionDep, settings: SettingsDep) -> Respo
     builtin = [job_service.builtin_dataset_info(n) for n in BUILTIN_DATASETS]
     return page.render("datasets.html", uploads=uploads, builtin=builtin,
                        max_upload=settings.max_upload_bytes)
+
+
+# -- studies ------------------------------------------------------------------
+
+@router.get("/studies")
+def studies_page(page: PageDep, db: SessionDep, state: str | None = None,
+                 cursor: str | None = None) -> Response:
+    """Studies newest first: state, trials, the best value so far."""
+    rows, next_cursor = study_service.list_studies(db, page.owner, state=state or None,
+                                                   limit=PAGE_SIZE, cursor=cursor or None)
+    query = {"state": state} if state else {}
+    return page.render("studies.html", studies=[study_service.to_public(db, s) for s in rows],
+                       state=state or "", states=study_service.STATES,
+                       next_url=("/studies?" + urlencode({**query, "cursor": next_cursor}))
+                       if next_cursor else None)
+
+
+def _study_context(page: Page, db: Session, study_id: str) -> tuple[Study, dict[str, Any]]:
+    study = study_service.get(db, study_id, page.owner)
+    public = study_service.to_public(db, study)
+    return study, {"study": public, "trials": study_service.trials(db, study),
+                   "params": list(public.space), "live": public.state == "running",
+                   "fragment_url": f"/fragments/studies/{study.id}/trials"}
+
+
+@router.get("/studies/{study_id}")
+def study_page(study_id: str, page: PageDep, db: SessionDep) -> Response:
+    """A study: where it stands, the best so far over time, the objective against each
+    searched parameter, and its trials linked to their jobs."""
+    row, ctx = _study_context(page, db, study_id)
+    study, trials = ctx["study"], ctx["trials"]
+    scored = [t for t in trials if t.value is not None]
+    data = {"metric": study.objective["metric"], "mode": study.objective["mode"],
+            "best": study_service.best_over_time(db, row),
+            "params": [{"path": path, "type": dist["type"], "log": dist.get("log", False),
+                        "choices": dist.get("values"),
+                        "points": [[t.params.get(path), t.value, t.number] for t in scored]}
+                       for path, dist in study.space.items()]}
+    return page.render("study.html", data=data, **ctx)
+
+
+@router.get("/fragments/studies/{study_id}/trials")
+def study_trials_fragment(study_id: str, page: PageDep, db: SessionDep) -> Response:
+    """The trials table alone: what a running study's page polls."""
+    _, ctx = _study_context(page, db, study_id)
+    return page.render("_trials_table.html", **ctx)
 
 
 # -- sign in ------------------------------------------------------------------

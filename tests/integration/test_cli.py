@@ -229,6 +229,72 @@ def test_errors_exit_3_with_the_servers_message(cli: Cli, tmp_path: Path) -> Non
     assert unreachable.exit_code == 3 and "connection_failed" in unreachable.stderr
 
 
+def test_a_study_from_yaml_to_the_best_model(stack: Stack, cli: Cli, tmp_path: Path) -> None:
+    if stack.backend != "sqlite":  # type: ignore[attr-defined]
+        pytest.skip("tests/integration/test_studies.py runs studies on both backends; the "
+                    "CLI only reads their answers")
+    # The docs' example, cut to two one-or-two-epoch trials on PyTorch: asha pauses both at
+    # rung 1, promotes one to epoch 2 and prunes the other.
+    created = cli("study", "create", str(ROOT / "examples" / "studies" / "digits.yaml"),
+                  "--set", "searcher.max_trials=2", "--set", "searcher.max_rungs=2",
+                  "--set", "base.training.epochs=2", "--set", "space.framework.values=[pytorch]",
+                  "--follow", "--poll", "0.5", "--max-wait", "300")
+    assert created.exit_code == 0, created.output
+    study_id = created.stdout.split()[0]
+    assert study_id.startswith("study_")
+    # The live table's last frame: every trial, its params and state, and the best so far.
+    assert all(word in created.stdout for word in ("lr", "units", "VAL_ACCURACY", "pruned",
+                                                   "completed", "best: trial #", "succeeded")), \
+        created.stdout
+
+    status = json.loads(cli("study", "status", study_id, "--json").stdout)
+    assert status["state"] == "succeeded" and status["trials"]["total"] == 2
+    assert status["trials"]["completed"] == status["trials"]["pruned"] == 1
+    best = status["best_trial"]
+    human = cli("study", "status", study_id)
+    assert human.exit_code == 0 and f"trial #{best['number']}" in human.stdout
+
+    trials = json.loads(cli("study", "trials", study_id, "--json").stdout)
+    assert sorted(t["state"] for t in trials) == ["completed", "pruned"]
+    assert all(set(t["params"]) == {"training.optimizer.lr", "model.layers[0].units",
+                                    "framework"} for t in trials)
+    assert [t["pruned"] for t in trials if t["state"] == "pruned"] == [True]
+    table = cli("study", "trials", study_id)
+    assert table.exit_code == 0 and "completed" in table.stdout and "pruned" in table.stdout
+    listed = json.loads(cli("study", "list", "--json", "--limit", "0").stdout)
+    assert study_id in [s["id"] for s in listed]
+    followed = cli("study", "follow", study_id, "--json")  # already ended: one snapshot
+    assert followed.exit_code == 0
+    assert [json.loads(line)["study"]["state"] for line in followed.stdout.splitlines()] == [
+        "succeeded"]
+
+    saved = cli("download", best["job_id"], "-o", str(tmp_path), "--json")
+    assert saved.exit_code == 0, saved.output
+    assert Path(json.loads(saved.stdout)["path"]).stat().st_size > 0
+
+
+def test_study_cancel_and_its_errors(cli: Cli, tmp_path: Path) -> None:
+    request = {"name": "cli-cancel", "base": tiny_spec(epochs=500),
+               "space": {"training.optimizer.lr": {"type": "loguniform", "low": 1e-3,
+                                                   "high": 0.1}},
+               "objective": {"metric": "val_accuracy", "mode": "max"},
+               "searcher": {"name": "random", "max_trials": 4}}
+    created = cli("study", "create", str(spec_file(tmp_path, request, "study.json")), "--json")
+    assert created.exit_code == 0, created.output
+    study_id = json.loads(created.stdout)["id"]
+    cancelled = cli("study", "cancel", study_id)
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.stdout
+    again = cli("study", "cancel", study_id)
+    assert again.exit_code == 3 and "invalid_transition" in again.stderr
+    followed = cli("study", "follow", study_id)
+    assert followed.exit_code == 2 and "cancelled by the user" in followed.stdout
+    missing = cli("study", "status", "study_doesnotexist")
+    assert missing.exit_code == 3 and "study_not_found" in missing.stderr
+    request["space"] = {"model.layers[7].units": {"type": "int", "low": 1, "high": 4}}
+    refused = cli("study", "create", str(spec_file(tmp_path, request, "bad.json")))
+    assert refused.exit_code == 3 and "space.model.layers[7].units" in refused.stderr
+
+
 # -- without a server ---------------------------------------------------------
 
 

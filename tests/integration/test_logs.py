@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def json_stack(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack(f"sqlite:///{tmp_path / 'trainery.db'}", tmp_path,
-                  extra_env={"TRAINERY_LOG_FORMAT": "json"})
+                  # the default warm policy: the job's runner is a spare handed its job
+                  extra_env={"TRAINERY_LOG_FORMAT": "json", "TRAINERY_WARM_RUNNERS": "last"})
     from tests.harness import migrate
 
     migrate(stack.database_url)
@@ -62,3 +63,13 @@ def test_every_line_is_json_and_the_request_id_reaches_the_worker(json_stack: St
     assert any(x.get("job_id") == job_id and x.get("attempt") == 1 and x.get("worker")
                for x in caused)
     assert all({"ts", "level", "event", "component"} <= set(x) for x in worker)
+
+    # The runner's own lines reach the worker's log through the descriptor it inherits,
+    # with the job, the attempt, the worker and the submit's request id.
+    runner = [x for x in worker if x["component"] == "runner"]
+    assert [x["event"] for x in runner] == ["runner started", "runner finished"]
+    worker_name = next(x["worker"] for x in caused if x.get("worker"))
+    assert all((x["job_id"], x["attempt"], x["worker"], x["request_id"]) == (
+        job_id, 1, worker_name, "req-logs-42") for x in runner)
+    assert runner[0]["framework"] == "pytorch" and runner[1]["outcome"] == "ok"
+    assert isinstance(runner[1]["duration_s"], float)

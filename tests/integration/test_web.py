@@ -233,6 +233,47 @@ def test_compare_overlays_runs_and_shows_only_differing_fields(
     screenshot(page, "web-compare.png")
 
 
+def test_a_study_page_charts_its_trials_and_links_their_jobs(
+        web: Stack, pages: tuple[Any, Console]) -> None:
+    context, _ = pages
+    r = web.client.post("/v1/studies", json={
+        "name": "webstudy", "base": tiny_spec(epochs=2),
+        "space": {"training.optimizer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1},
+                  "training.optimizer.name": {"type": "choice", "values": ["adam", "sgd"]}},
+        "objective": {"metric": "val_accuracy", "mode": "max"},
+        "searcher": {"name": "random", "max_trials": 2, "max_concurrent_trials": 2}})
+    assert r.status_code == 201, r.text
+    study_id = r.json()["id"]
+    deadline = time.monotonic() + 180
+    while (study := web.client.get(f"/v1/studies/{study_id}").json())["state"] == "running":
+        assert time.monotonic() < deadline, study
+        time.sleep(0.5)
+    assert study["state"] == "succeeded"
+
+    page = context.new_page()
+    page.goto(web.url + "/")
+    page.click('header nav a[href="/studies"]')
+    page.click(f'tr[data-study="{study_id}"] a')
+    rows = page.locator("table.trials tbody tr[data-trial]")
+    assert rows.count() == 2
+    trials = web.client.get(f"/v1/studies/{study_id}/trials").json()
+    for t in trials:
+        link = page.locator(f'tr[data-trial="{t["number"]}"] a[href="/jobs/{t["job_id"]}"]')
+        assert link.count() == 1
+    assert page.locator("tr.best").count() == 1
+    # Best so far over time, and one scatter per searched parameter with a point per trial.
+    page.wait_for_selector("#best-chart .plot[data-mounted] canvas", timeout=30_000)
+    params = page.locator("#param-charts figure.chart")
+    assert params.count() == 2
+    for name in ("training.optimizer.lr", "training.optimizer.name"):
+        figure = f'#param-charts figure.chart[data-metric="{name}"]'
+        page.wait_for_selector(f"{figure} .plot[data-mounted] canvas", timeout=30_000)
+        assert page.get_attribute(figure, "data-points") == "2"
+    screenshot(page, "web-study.png")
+    page.click(f'tr[data-trial="{trials[0]["number"]}"] a')
+    assert page.url.endswith(f"/jobs/{trials[0]['job_id']}")
+
+
 def test_the_form_shows_each_problem_beside_its_field_path(web: Stack,
                                                           pages: tuple[Any, Console]) -> None:
     context, _ = pages

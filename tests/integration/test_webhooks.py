@@ -105,6 +105,41 @@ def test_a_finished_job_is_delivered_signed_after_a_retry(hook_stack: Stack) -> 
         receiver.close()
 
 
+def test_a_finished_study_is_delivered_once_with_its_best_trial(hook_stack: Stack) -> None:
+    receiver = Receiver()
+    try:
+        hook = hook_stack.client.post("/v1/webhooks", json={
+            "url": receiver.url, "events": ["study.finished"]}).json()
+        r = hook_stack.client.post("/v1/studies", json={
+            "name": "hooked", "base": tiny_spec(epochs=1),
+            "space": {"training.optimizer.name": {"type": "choice", "values": ["adam"]}},
+            "objective": {"metric": "val_accuracy", "mode": "max"},
+            "searcher": {"name": "grid", "max_trials": 1}})
+        assert r.status_code == 201, r.text
+        study_id = r.json()["id"]
+        wait_for(lambda: bool(receiver.received))
+        headers, body = receiver.received[0]
+        payload = json.loads(body)
+        assert payload["event"] == "study.finished"
+        study = payload["study"]
+        assert (study["id"], study["state"], study["end_reason"]) == (
+            study_id, "succeeded", "all 1 trials ended")
+        assert study["trials"] == {"completed": 1}
+        trial = hook_stack.client.get(f"/v1/studies/{study_id}/trials").json()[0]
+        assert study["best_trial"]["job_id"] == trial["job_id"]
+        assert study["best_trial"]["params"] == {"training.optimizer.name": "adam"}
+        ts = headers["X-Trainery-Timestamp"]
+        expected = hmac.new(hook["secret"].encode(), f"{ts}.".encode() + body,
+                            hashlib.sha256).hexdigest()
+        assert headers["X-Trainery-Signature"] == f"sha256={expected}"
+        time.sleep(1)  # the maintenance ticks that follow must not end it, or send it, again
+        assert len(receiver.received) == 1
+        rows = hook_stack.client.get(f"/v1/webhooks/{hook['id']}/deliveries").json()["data"]
+        assert [row["event"] for row in rows] == ["study.finished"]
+    finally:
+        receiver.close()
+
+
 def test_a_dead_receiver_never_fails_the_job_and_is_retried(hook_stack: Stack) -> None:
     receiver = Receiver()
     url = receiver.url

@@ -231,6 +231,12 @@ def test_random_study_keeps_concurrency_and_ends(factory: sessionmaker[Session])
     assert study.trials["completed"] == 2 and study.trials["failed"] == 1
     assert study.best_trial.number == 1 and study.best_trial.value == 0.95
     assert study.best_trial.epoch == 2 and study.epochs_trained == 12
+    with factory() as session:  # the study page's chart: one point per improvement, then held
+        points = service.best_over_time(session, service.get(session, study_id, "alice"))
+    assert [(p["value"], p["trial"]) for p in points] == [
+        (0.5, 0), (0.6, 0), (0.7, 0), (0.8, 0), (0.9, 1), (0.95, 1), (0.95, 1)]
+    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    assert points[-1]["t"] > points[-2]["t"]  # the failed trial's epochs came later
 
 
 def test_goal_and_failure_cap_end_the_study(factory: sessionmaker[Session]) -> None:

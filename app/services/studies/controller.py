@@ -32,7 +32,7 @@ from app.core.states import JobStatus
 from app.db import transaction
 from app.models import EpochMetrics, Job, Study, StudyTrial, utcnow
 from app.schemas.studies import SPACE, Distribution
-from app.services import jobs, lifecycle
+from app.services import jobs, lifecycle, webhooks
 from app.services.studies import asha, sampling
 from app.services.studies import space as sp
 from app.services.unit_of_work import UnitOfWork
@@ -249,6 +249,12 @@ def end(session: Session, study: Study, state: str, reason: str) -> None:
             _set(trial, "pruned" if state == "succeeded" else "cancelled")
         elif trial.job_id is not None:
             lifecycle.request_cancel(session, trial.job_id)
+    session.flush()
+    best = best_trial(session, study)
+    webhooks.study_ended(session, study.owner, {
+        "id": study.id, "name": study.name, "state": state, "end_reason": reason,
+        "trials": _counts(session, study.id),
+        "best_trial": vars(best) if best is not None else None})
     log.info("study %s %s: %s", study.id, state, reason)
 
 

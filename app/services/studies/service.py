@@ -8,7 +8,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidInput, InvalidTransition, NotFound, problem
-from app.models import Job, Study, StudyTrial, utcnow
+from app.models import EpochMetrics, Job, Study, StudyTrial, utcnow
 from app.schemas.studies import (
     BestTrial,
     StudyCreate,
@@ -133,3 +133,32 @@ def trials(session: Session, study: Study) -> list[TrialPublic]:
                         rung=t.rung if rungs is not None else None, error=t.error,
                         created_at=t.created_at, updated_at=t.updated_at)
             for t, status, epochs in rows]
+
+
+def best_over_time(session: Session, study: Study) -> list[dict[str, float | int]]:
+    """The best objective so far over the study's time: one point (`t` seconds since the
+    study was created, `value`, the `trial` that set it) at each improvement, read from
+    the trials' epoch metrics in time order, and one more where the last epoch ended. Only
+    improvements are kept, so the answer stays small however many epochs were trained."""
+    metric, maximise = study.objective["metric"], study.objective["mode"] == "max"
+    numbers = dict(session.execute(select(StudyTrial.job_id, StudyTrial.number).where(
+        StudyTrial.study_id == study.id, StudyTrial.job_id.is_not(None))).tuples().all())
+    rows = session.execute(
+        select(EpochMetrics.job_id, EpochMetrics.values, EpochMetrics.created_at)
+        .where(EpochMetrics.job_id.in_(list(numbers)))
+        .order_by(EpochMetrics.created_at, EpochMetrics.job_id, EpochMetrics.epoch)
+        .execution_options(yield_per=1000))
+    points: list[dict[str, float | int]] = []
+    best: float | None = None
+    last_t = 0.0
+    for job_id, values, created in rows.tuples():
+        value = values.get(metric)
+        if not isinstance(value, (int, float)):
+            continue
+        last_t = round(max((created - study.created_at).total_seconds(), 0.0), 3)
+        if best is None or (value > best if maximise else value < best):
+            best = float(value)
+            points.append({"t": last_t, "value": best, "trial": numbers[job_id]})
+    if points and points[-1]["t"] < last_t:  # the best held until the last epoch seen
+        points.append({**points[-1], "t": last_t})
+    return points

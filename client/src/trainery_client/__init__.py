@@ -22,7 +22,9 @@ from trainery_client.errors import (
     WaitTimeout,
 )
 from trainery_client.models import (
+    STUDY_END_STATES,
     TERMINAL_STATUSES,
+    BestTrial,
     Checkpoint,
     Dataset,
     Event,
@@ -34,14 +36,19 @@ from trainery_client.models import (
     Progress,
     StepBucket,
     StepSeries,
+    Study,
+    StudyPage,
+    StudySnapshot,
+    Trial,
 )
 from trainery_client.retry import NO_RETRY, RetryPolicy
 from trainery_client.sync_client import Client
 
 __all__ = [
-    "NO_RETRY", "TERMINAL_STATUSES", "AsyncClient", "AuthenticationFailed", "BadRequest",
-    "Checkpoint", "ChecksumMismatch", "Client", "Conflict", "ConnectionFailed", "Dataset", "Event",
-    "IdempotencyKeyReused", "InvalidTransition", "Job", "JobError", "JobPage", "MetricRow",
-    "ModelFile", "ModelNotReady", "NotFound", "Progress", "RetryPolicy", "ServerError",
-    "StepBucket", "StepSeries", "TraineryError", "ValidationFailed", "WaitTimeout", "__version__",
+    "NO_RETRY", "STUDY_END_STATES", "TERMINAL_STATUSES", "AsyncClient", "AuthenticationFailed",
+    "BadRequest", "BestTrial", "Checkpoint", "ChecksumMismatch", "Client", "Conflict",
+    "ConnectionFailed", "Dataset", "Event", "IdempotencyKeyReused", "InvalidTransition", "Job",
+    "JobError", "JobPage", "MetricRow", "ModelFile", "ModelNotReady", "NotFound", "Progress",
+    "RetryPolicy", "ServerError", "StepBucket", "StepSeries", "Study", "StudyPage", "StudySnapshot",
+    "TraineryError", "Trial", "ValidationFailed", "WaitTimeout", "__version__",
 ]

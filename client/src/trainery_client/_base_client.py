@@ -16,15 +16,26 @@ import httpx
 from trainery_client import _calls
 from trainery_client._calls import Call
 from trainery_client._effects import Close, Emit, Next, Plan, ReadBody, Reader, Send, Sleep
+from trainery_client.documents import load_document
 from trainery_client.download import REDIRECTS, Expected, ModelWriter
 from trainery_client.errors import error_from_response
-from trainery_client.models import Dataset, Event, Job, ModelFile
+from trainery_client.models import (
+    Dataset,
+    Event,
+    Job,
+    JobPage,
+    ModelFile,
+    Study,
+    StudyPage,
+    StudySnapshot,
+)
 from trainery_client.retry import RetryPolicy, RetryState
 from trainery_client.sse import EventFollower
-from trainery_client.waiting import JobWaiter
+from trainery_client.waiting import Waiter
 
 T = TypeVar("T")
 HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+PageT = TypeVar("PageT", JobPage, StudyPage)
 CHUNK_BYTES = 1 << 20
 
 
@@ -96,15 +107,22 @@ class BaseClient(Generic[HttpT]):
 
     # -- calls that loop -------------------------------------------------------
 
-    def _list(self, status: str | None, page_size: int) -> Plan[None]:
+    def _pages(self, page: Callable[[str | None], Call[PageT]]) -> Plan[None]:
+        """Emit every item of every page, asking page(cursor) for each in turn."""
         cursor = None
         while True:
-            page = yield from self._call(_calls.list_jobs(status, page_size, cursor))
-            for job in page.data:
-                yield Emit(job)
-            if not page.next_cursor:
+            found = yield from self._call(page(cursor))
+            for item in found.data:
+                yield Emit(item)
+            if not found.next_cursor:
                 return
-            cursor = page.next_cursor
+            cursor = found.next_cursor
+
+    def _list(self, status: str | None, page_size: int) -> Plan[None]:
+        return self._pages(lambda cursor: _calls.list_jobs(status, page_size, cursor))
+
+    def _studies(self, state: str | None, page_size: int) -> Plan[None]:
+        return self._pages(lambda cursor: _calls.list_studies(state, page_size, cursor))
 
     def _events(self, job_id: str, after: int) -> Plan[list[Event]]:
         found: list[Event] = []
@@ -114,10 +132,36 @@ class BaseClient(Generic[HttpT]):
         return found
 
     def _wait(self, job_id: str, timeout: float | None, poll_s: float) -> Plan[Job]:
-        waiter = JobWaiter(timeout, poll_s)
+        waiter = Waiter(timeout, poll_s)
         while not (job := (yield from self._call(_calls.get_job(job_id)))).is_terminal:
-            yield Sleep(waiter.next_delay(job))
+            yield Sleep(waiter.next_delay(f"job {job.id} is still {job.status}", job))
         return job
+
+    def _create_study(self, request: Mapping[str, Any] | str | os.PathLike[str]) -> Plan[Study]:
+        if not isinstance(request, Mapping):
+            request = load_document(request)
+        return (yield from self._call(_calls.create_study(request)))
+
+    def _follow_study(self, study_id: str, timeout: float | None, poll_s: float) -> Plan[None]:
+        """Emit the study with its trials whenever they changed, until it has ended."""
+        waiter = Waiter(timeout, poll_s)
+        last: dict[str, Any] | None = None
+        while True:
+            study = yield from self._call(_calls.get_study(study_id))
+            trials = yield from self._call(_calls.study_trials(study_id))
+            snapshot = StudySnapshot(study=study, trials=trials)
+            if snapshot.to_json() != last:
+                last = snapshot.to_json()
+                yield Emit(snapshot)
+            if study.is_terminal:
+                return
+            yield Sleep(waiter.next_delay(f"study {study.id} is still {study.state}", study))
+
+    def _wait_study(self, study_id: str, timeout: float | None, poll_s: float) -> Plan[Study]:
+        waiter = Waiter(timeout, poll_s)
+        while not (study := (yield from self._call(_calls.get_study(study_id)))).is_terminal:
+            yield Sleep(waiter.next_delay(f"study {study.id} is still {study.state}", study))
+        return study
 
     def _upload(self, path: str | os.PathLike[str], form: Mapping[str, object]) -> Plan[Dataset]:
         path = Path(path)

@@ -27,6 +27,9 @@ from trainery_client.models import (
     JobPage,
     MetricRow,
     StepSeries,
+    Study,
+    StudyPage,
+    Trial,
 )
 
 T = TypeVar("T")
@@ -75,6 +78,11 @@ def job_path(job_id: str, *rest: str) -> str:
     return "/".join([f"/v1/jobs/{quote(job_id, safe='')}", *rest])
 
 
+def study_path(study_id: str, *rest: str) -> str:
+    """/v1/studies/{id}[/rest...], the id quoted like a job's."""
+    return "/".join([f"/v1/studies/{quote(study_id, safe='')}", *rest])
+
+
 def _one(cls: type[M]) -> Callable[[httpx.Response], M]:
     return lambda response: cls.model_validate_json(response.content)
 
@@ -102,13 +110,19 @@ def get_job(job_id: str) -> Call[Job]:
     return Call("GET", job_path(job_id), _one(Job), idempotent=True)
 
 
-def list_jobs(status: str | None, limit: int, cursor: str | None) -> Call[JobPage]:
+def _page_params(filter_name: str, value: str | None, limit: int,
+                 cursor: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"limit": limit}
-    if status is not None:
-        params["status"] = status
+    if value is not None:
+        params[filter_name] = value
     if cursor is not None:
         params["cursor"] = cursor
-    return Call("GET", "/v1/jobs", _one(JobPage), params=params, idempotent=True)
+    return params
+
+
+def list_jobs(status: str | None, limit: int, cursor: str | None) -> Call[JobPage]:
+    return Call("GET", "/v1/jobs", _one(JobPage),
+                params=_page_params("status", status, limit, cursor), idempotent=True)
 
 
 def metrics(job_id: str) -> Call[list[MetricRow]]:
@@ -176,3 +190,43 @@ def model_download(job_id: str, format: str | None) -> Call[None]:
     params = {"format": format} if format else None
     return Call("GET", job_path(job_id, "model"), lambda _: None, params=params,
                 headers={"Accept": "*/*"}, idempotent=True)
+
+
+# -- studies -------------------------------------------------------------------
+
+
+def create_study(request: Mapping[str, Any]) -> Call[Study]:
+    """POST /v1/studies; sent once (the API keeps no idempotency key for studies)."""
+    if not isinstance(request, Mapping):
+        raise TypeError(f"a study request must be a mapping, not {type(request).__name__}")
+    body = json.loads(json.dumps(dict(request)))  # fails here, not mid-request, if not JSON-able
+    return Call("POST", "/v1/studies", _one(Study), json=body)
+
+
+def get_study(study_id: str) -> Call[Study]:
+    return Call("GET", study_path(study_id), _one(Study), idempotent=True)
+
+
+def list_studies(state: str | None, limit: int, cursor: str | None) -> Call[StudyPage]:
+    return Call("GET", "/v1/studies", _one(StudyPage),
+                params=_page_params("state", state, limit, cursor), idempotent=True)
+
+
+def study_trials(study_id: str) -> Call[list[Trial]]:
+    return Call("GET", study_path(study_id, "trials"), _many(Trial), idempotent=True)
+
+
+def patch_study(study_id: str, max_trials: int | None,
+                max_concurrent_trials: int | None) -> Call[Study]:
+    """PATCH /v1/studies/{id} with the limits given; setting one to the same value twice
+    changes nothing, so it is retried like a GET."""
+    change = {k: v for k, v in (("max_trials", max_trials),
+                                ("max_concurrent_trials", max_concurrent_trials))
+              if v is not None}
+    if not change:
+        raise ValueError("give max_trials, max_concurrent_trials or both")
+    return Call("PATCH", study_path(study_id), _one(Study), json=change, idempotent=True)
+
+
+def cancel_study(study_id: str) -> Call[Study]:
+    return Call("POST", study_path(study_id, "cancel"), _one(Study))

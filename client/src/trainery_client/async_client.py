@@ -25,6 +25,10 @@ from trainery_client.models import (
     MetricRow,
     ModelFile,
     StepSeries,
+    Study,
+    StudyPage,
+    StudySnapshot,
+    Trial,
 )
 
 T = TypeVar("T")
@@ -160,3 +164,53 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
     async def delete_dataset(self, dataset_id: str) -> None:
         """Delete an uploaded dataset (409 while an unfinished job trains on it)."""
         await self._run(self._call(_calls.delete_dataset(dataset_id)))
+
+    # -- studies ------------------------------------------------------------
+
+    async def create_study(self, request: Mapping[str, Any] | str | os.PathLike[str]) -> Study:
+        """Start a study (POST /v1/studies) from a request mapping or a YAML/JSON file's path.
+
+        Sent once, never retried: the API keeps no idempotency key for studies.
+        """
+        return await self._run(self._create_study(request))
+
+    async def study(self, study_id: str) -> Study:
+        """The study as it is now: state, trial counts, the best trial."""
+        return await self._run(self._call(_calls.get_study(study_id)))
+
+    async def studies_page(self, state: str | None = None, *, page_size: int = 50,
+                           cursor: str | None = None) -> StudyPage:
+        """One page of studies, newest first; pass its `next_cursor` to get the next."""
+        return await self._run(self._call(_calls.list_studies(state, page_size, cursor)))
+
+    def studies(self, state: str | None = None, *, page_size: int = 50) -> AsyncIterator[Study]:
+        """Every study (in that state), newest first, fetching pages as you iterate."""
+        return self._iterate(self._studies(state, page_size))
+
+    async def study_trials(self, study_id: str) -> builtins.list[Trial]:
+        """The study's trials: params, state, objective, epochs trained, pruned or not, job id."""
+        return await self._run(self._call(_calls.study_trials(study_id)))
+
+    async def update_study(self, study_id: str, *, max_trials: int | None = None,
+                           max_concurrent_trials: int | None = None) -> Study:
+        """Change a running study's max_trials and/or max_concurrent_trials (409 once it ended)."""
+        return await self._run(self._call(_calls.patch_study(study_id, max_trials,
+                                                             max_concurrent_trials)))
+
+    async def cancel_study(self, study_id: str) -> Study:
+        """End the study as cancelled: queued trials stop at once, running ones at a batch end."""
+        return await self._run(self._call(_calls.cancel_study(study_id)))
+
+    async def wait_study(self, study_id: str, timeout: float | None = None, *,
+                         poll_s: float = 2.0) -> Study:
+        """Poll until the study has ended and return it; WaitTimeout after timeout seconds."""
+        return await self._run(self._wait_study(study_id, timeout, poll_s))
+
+    def follow_study(self, study_id: str, *, timeout: float | None = None,
+                     poll_s: float = 2.0) -> AsyncIterator[StudySnapshot]:
+        """The study and its trials each time they change, polled, until the study has ended.
+
+        The last snapshot shows the ended study. With a timeout, WaitTimeout if it has not
+        ended that many seconds from now.
+        """
+        return self._iterate(self._follow_study(study_id, timeout, poll_s))

@@ -151,3 +151,69 @@ class ModelFile(ApiModel):
     sha256: str
     size: int
     media_type: str = ""
+
+
+STUDY_END_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class BestTrial(ApiModel):
+    number: int
+    job_id: str | None = None
+    params: dict[str, Any] = {}
+    value: float
+    epoch: int | None = None
+
+
+class Study(ApiModel):
+    """A hyperparameter study: its request, where it stands, and its best trial so far."""
+
+    id: str
+    name: str = ""
+    state: str
+    end_reason: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    objective: dict[str, Any] = {}
+    searcher: dict[str, Any] = {}
+    space: dict[str, Any] = {}
+    base: dict[str, Any] = {}
+    rungs: list[int] | None = None
+    trials: dict[str, int] = {}
+    epochs_trained: int = 0
+    best_trial: BestTrial | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the study has ended (succeeded, failed or cancelled)."""
+        return self.state in STUDY_END_STATES
+
+
+class StudyPage(ApiModel):
+    data: list[Study]
+    next_cursor: str | None = None
+
+
+class Trial(ApiModel):
+    """One trial of a study: an ordinary job (`job_id`) trained with `params`."""
+
+    number: int
+    job_id: str | None = None
+    job_status: str | None = None
+    state: str
+    pruned: bool = False
+    params: dict[str, Any] = {}
+    value: float | None = None
+    value_epoch: int | None = None
+    epochs_trained: int = 0
+    rung: int | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class StudySnapshot(ApiModel):
+    """What `follow_study` emits: the study and its trials, read together."""
+
+    study: Study
+    trials: list[Trial]

@@ -1,14 +1,14 @@
-"""Polling a job until it finishes: the pace and the deadline, shared by both clients."""
+"""Polling a job or a study until it ends: the pace and the deadline, shared by both clients."""
 
 from __future__ import annotations
 
 import time
 
 from trainery_client.errors import WaitTimeout
-from trainery_client.models import Job
+from trainery_client.models import ApiModel
 
 
-class JobWaiter:
+class Waiter:
     """Polls start quick and slow down to `max_interval_s`; past the deadline, WaitTimeout."""
 
     def __init__(self, timeout_s: float | None, max_interval_s: float) -> None:
@@ -17,14 +17,15 @@ class JobWaiter:
         self.max_interval_s = max_interval_s
         self._interval = min(0.2, max_interval_s)
 
-    def next_delay(self, job: Job) -> float:
-        """How long to sleep before polling again; WaitTimeout once out of time."""
+    def next_delay(self, still: str, item: ApiModel) -> float:
+        """How long to sleep before polling again; past the deadline, WaitTimeout saying
+        `still` (what the item is still doing) with the item as its detail."""
         delay = self._interval
         self._interval = min(self._interval * 1.5, self.max_interval_s)
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
-                raise WaitTimeout(f"job {job.id} is still {job.status} after {self.timeout_s}s",
-                                  error="wait_timeout", detail=job.to_json())
+                raise WaitTimeout(f"{still} after {self.timeout_s}s", error="wait_timeout",
+                                  detail=item.to_json())
             delay = min(delay, left)
         return delay

@@ -1,11 +1,11 @@
 """The `trainery` command: the app, its connection options, and the commands others add.
 
-Job and dataset commands (in this package) talk to the API through the SDK. A server
+Job, dataset and study commands (in this package) talk to the API through the SDK. A server
 install adds its own commands (`up`, `api`, `worker`, `keys`) through the
 `trainery.commands` entry-point group, loaded only when the command runs: importing this
 package never imports the service.
 
-Exit codes: 0 success; 1 the job failed; 2 the job was cancelled (and usage errors);
+Exit codes: 0 success; 1 the job (or study) failed; 2 it was cancelled (and usage errors);
 3 the request failed (the server said no, could not be reached, or the input is bad);
 130 interrupted (Ctrl-C stops the command, not the job).
 """
@@ -37,6 +37,9 @@ app = typer.Typer(name="trainery", no_args_is_help=True, add_completion=False,
                        "worker, keys).")
 datasets_app = typer.Typer(no_args_is_help=True, help="Datasets a job can train on.")
 app.add_typer(datasets_app, name="datasets")
+study_app = typer.Typer(no_args_is_help=True,
+                        help="Hyperparameter studies: every trial is an ordinary job.")
+app.add_typer(study_app, name="study")
 
 JobId = Annotated[str, typer.Argument(help="The job's id (job_...).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -75,6 +78,11 @@ def connect(ctx: typer.Context) -> Iterator[Client]:
         # Only the client stops: a followed job trains on (`trainery cancel` stops it).
         Console(stderr=True).print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def outcome_code(state: str) -> int:
+    """A finished job's or study's exit code: 0 succeeded, 1 failed, 2 cancelled."""
+    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(state, EXIT_FAILED)
 
 
 def fail(message: str) -> NoReturn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
@@ -17,14 +16,13 @@ from rich.text import Text
 
 from trainery_client import Client, Job
 from trainery_client.cli.app import (
-    EXIT_CANCELLED,
-    EXIT_FAILED,
     JobId,
     JsonOutput,
     MaxWait,
     app,
     connect,
     fail,
+    outcome_code,
     print_json,
 )
 from trainery_client.cli.render import (
@@ -34,14 +32,16 @@ from trainery_client.cli.render import (
     event_text,
     job_details,
     metrics_text,
+    short_time,
     status_text,
     summary,
 )
+from trainery_client.documents import load_document
 
 
 def exit_code(job: Job) -> int:
     """0 succeeded, 1 failed, 2 cancelled."""
-    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(job.status, EXIT_FAILED)
+    return outcome_code(job.status)
 
 
 
@@ -96,14 +96,12 @@ def _set_path(spec: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_spec(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """A job spec from a YAML or JSON file, with `dotted.key=value` overrides (values as YAML)."""
+    """A job spec (or study request) from a YAML or JSON file, with `dotted.key=value`
+    overrides (values as YAML)."""
     try:
-        text = path.read_text()
-        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        fail(f"cannot read the spec {path}: {exc}")
-    if not isinstance(spec, dict):
-        fail(f"{path} does not hold a job spec (a mapping at the top level)")
+        spec = load_document(path)
+    except ValueError as exc:
+        fail(str(exc))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -175,7 +173,7 @@ def list_jobs(
                   Column("CREATED", no_wrap=True), "BEST", box=None, pad_edge=False,
                   header_style="bold")
     for job in shown:
-        created = job.created_at.astimezone().strftime("%m-%d %H:%M") if job.created_at else ""
+        created = short_time(job.created_at)
         table.add_row(job.id, job.name, status_text(job.status),
                       f"{job.progress.epoch}/{job.progress.epochs}", created,
                       best_text(job.best, short=True) if job.best else "")
