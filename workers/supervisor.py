@@ -80,7 +80,8 @@ class Supervisor:
             log.warning("wake-up for unknown job %s ignored", job_id)
             return None
         with transaction(self.factory) as session:
-            claimed = lifecycle.claim_next(session, queue, self.worker)
+            claimed = lifecycle.claim_next(session, queue, self.worker,
+                                           self.settings.worker_lost_after_s)
         if claimed is None:
             log.info("wake-up for %s: nothing left to run in queue %s", job_id, queue)
             return None

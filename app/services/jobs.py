@@ -41,7 +41,7 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex[:24]}"
 
 
-def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> None:
+def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 8) -> None:
     """Raise InvalidInput listing every field over the service's limits."""
     problems: list[dict[str, Any]] = []
 
@@ -56,10 +56,9 @@ def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> No
          "max_runtime_s")
     if spec.resources.gpus > max_gpus_per_job:
         problems.append(problem(("resources", "gpus"),
-                                f"no worker could ever run this job: each worker holds "
-                                f"{max_gpus_per_job} GPU, and the job asks for "
-                                f"{spec.resources.gpus}",
-                                "unschedulable"))
+                                f"the job asks for {spec.resources.gpus} GPUs; this service "
+                                f"runs a job on at most {max_gpus_per_job} (one host's; "
+                                "TRAINERY_MAX_GPUS_PER_JOB)", "limit_exceeded"))
     if spec.model.layers is not None:
         over(("model", "layers"), len(spec.model.layers), limits.max_layers, "the layer count")
         for i, layer in enumerate(spec.model.layers):
@@ -80,7 +79,7 @@ def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1) -> No
 
 
 def submit(uow: UnitOfWork, spec: JobSpec, *, owner: str, limits: Limits,
-           idempotency_key: str | None, max_gpus_per_job: int = 1) -> tuple[Job, bool]:
+           idempotency_key: str | None, max_gpus_per_job: int = 8) -> tuple[Job, bool]:
     """Store a new queued job and wake a worker after the commit; (job, created).
 
     A repeated idempotency key returns the first job (and wakes nobody)."""
