@@ -1,6 +1,9 @@
-"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH [DEVICE]`.
+"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH [DEVICE
+[SLOTS RANK PROCS RENDEZVOUS]]`.
 
-DEVICE is the one the worker's device check verified ("cpu", "cuda:N"; default cpu).
+DEVICE is the one the worker's device check verified ("cpu", "cuda:N"; default cpu);
+the rest place a data-parallel job's process (workers.training.replicas): only the
+leader (rank 0) writes to the store and the result file.
 Imports exactly one framework, trains, and writes a one-line JSON outcome for the
 supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 1 internal.
 A warm runner (`workers.spare`) calls `preload` before its job arrives, then `main`.
@@ -30,9 +33,10 @@ from app.settings import get_settings
 from workers import faults
 from workers.errors import Superseded, UserError
 from workers.phases import PHASES
-from workers.reporting import JobReporter
+from workers.reporting import JobReporter, ReplicaReporter
 from workers.runners import preload as import_framework
 from workers.runners.common import StopFlag, StopRequested
+from workers.training.replicas import Replicas
 from workers.training.run import run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_SUPERSEDED, EXIT_STOPPED = 0, 1, 3, 4, 5
@@ -50,14 +54,14 @@ def preload(framework: str) -> None:
 
 
 def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
-           fault_rules: str) -> None:
+           replicas: Replicas, fault_rules: str) -> None:
     """Train with the test-only fault injection installed when the setting names rules."""
     import_framework(spec.framework)
     PHASES.mark("framework_ready")
     rules = faults.parse(fault_rules, spec.name)
     injection = faults.FaultInjection(rules, reporter)
-    run(spec, reporter, stop, device, extra_callbacks=[injection] if injection.rules else [],
-        onnx_fault=injection.onnx_fails)
+    run(spec, reporter, stop, device, replicas,
+        extra_callbacks=[injection] if injection.rules else [], onnx_fault=injection.onnx_fails)
 
 
 class _StartReporter(JobReporter):
@@ -101,6 +105,7 @@ def main(argv: list[str]) -> int:
     PHASES.mark("runner_started")
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
     device = argv[3] if len(argv) > 3 else "cpu"
+    replicas = Replicas.parse(argv[4:])
     settings = get_settings()
     configure_logging("runner", settings.log_format)
     log_context.update(job_id=job_id, attempt=attempt)
@@ -109,18 +114,20 @@ def main(argv: list[str]) -> int:
     limit_threads(settings.runner_threads)
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)
-    reporter = _StartReporter(factory, open_store(factory, settings), job_id, attempt,
+    reporter_class = _StartReporter if replicas.leader else ReplicaReporter
+    reporter = reporter_class(factory, open_store(factory, settings), job_id, attempt,
                               write_behind=True)
     _note_start_times(factory, job_id)
 
     def outcome(code: int, **result: Any) -> int:
-        result_path.write_text(json.dumps(result))
+        if replicas.leader:
+            result_path.write_text(json.dumps(result))
         return code
 
     try:
         spec = JobSpec.model_validate(reporter.spec)
         try:
-            _train(spec, reporter, stop, device, settings.fault_injection)
+            _train(spec, reporter, stop, device, replicas, settings.fault_injection)
         finally:
             # Whatever ended training, its queued writes (the last metrics, a
             # hand-back checkpoint) land before the outcome; a write that was

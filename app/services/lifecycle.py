@@ -236,18 +236,34 @@ def reap_lost(session: Session, job_id: str, attempt: int, lost_attempts: int,
 
     Returns the job's new status, or None if it had moved on meanwhile.
     """
-    why = f"worker lost: no heartbeat for {silent_s:.0f}s"
+    return _lose(session, job_id, attempt, lost_attempts, max_attempts,
+                 f"worker lost: no heartbeat for {silent_s:.0f}s")
+
+
+def lose(session: Session, job_id: str, attempt: int, max_attempts: int, why: str,
+         data: dict[str, Any] | None = None) -> str | None:
+    """An attempt lost for a reason other than a silent worker (a data-parallel rank died):
+    requeue the job as reap_lost does; its new status, or None if it had moved on."""
+    lost = session.scalar(select(Job.lost_attempts).where(Job.id == job_id))
+    if lost is None:
+        return None
+    return _lose(session, job_id, attempt, lost, max_attempts, why, data)
+
+
+def _lose(session: Session, job_id: str, attempt: int, lost_attempts: int, max_attempts: int,
+          why: str, data: dict[str, Any] | None = None) -> str | None:
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     if status == S.CANCELLING.value:
         return S.CANCELLED.value if finish_cancel(session, job_id, attempt, why) else None
     if lost_attempts + 1 >= max_attempts:
         moved = fail(session, job_id, attempt, "worker_lost",
                      f"the job lost its worker {lost_attempts + 1} times (max_attempts is "
-                     f"{max_attempts}); last: {why}")
+                     f"{max_attempts}); last: {why}", data)
         return S.FAILED.value if moved else None
     moved = transition(session, job_id, [S.RUNNING], S.QUEUED,
                        f"{why}; queued again to resume from its last checkpoint",
-                       expect_attempt=attempt, worker=None, lost_attempts=lost_attempts + 1)
+                       expect_attempt=attempt, data=data, worker=None,
+                       lost_attempts=lost_attempts + 1)
     return S.QUEUED.value if moved else None
 
 

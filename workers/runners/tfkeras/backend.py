@@ -177,6 +177,9 @@ class KerasBackend:
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
 
+    def should_stop(self, requested: bool) -> bool:
+        return requested  # one process, even over several devices
+
     def begin_training(self) -> None: ...
 
     def end_training(self) -> None: ...

@@ -16,6 +16,7 @@ from workers.runners.tfkeras.backend import KerasBackend, configure_devices, dty
 from workers.runners.tfkeras.build import build_model
 from workers.runners.tfkeras.export import keras_bytes
 from workers.runners.tfkeras.onnx_export import onnx_bytes
+from workers.training.replicas import Replicas
 
 INPUT_NOTE = ("keras.models.load_model(path); model(x) or model.predict(x) with x as the dataset "
               "holds it (images NHWC), normalisation inside")
@@ -25,7 +26,7 @@ def versions() -> dict[str, str]:
     return {"tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def setup(spec: JobSpec, device: str) -> Any | None:
+def setup(spec: JobSpec, device: str, replicas: Replicas) -> Any | None:
     """Use the verified device (before TensorFlow starts its runtime), then seed; the GPU."""
     gpu = configure_devices(device)
     keras.utils.set_random_seed(spec.training.seed)
