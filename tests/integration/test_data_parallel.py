@@ -38,10 +38,11 @@ def three_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.stop()
 
 
-def mlp_spec(gpus: int, name: str = "ddp", epochs: int = 3, **training: Any) -> dict[str, Any]:
-    """An iris MLP without dropout (dropout masks differ between one and two processes)."""
+def mlp_spec(gpus: int, name: str = "ddp", epochs: int = 3, framework: str = "pytorch",
+             **training: Any) -> dict[str, Any]:
+    """An iris MLP without dropout (dropout masks differ between one and two replicas)."""
     return tiny_spec(
-        name=name, epochs=epochs, resources={"gpus": gpus},
+        framework, name=name, epochs=epochs, resources={"gpus": gpus},
         model={"layers": [{"type": "dense", "units": 32, "activation": "relu"}]},
         dataset={"builtin": "iris", "validation_split": 0.2},
         training={"epochs": epochs, "batch_size": 18, "optimizer": {"name": "sgd", "lr": 0.1},
@@ -115,6 +116,19 @@ def test_two_pairs_and_a_single_share_three_slots_and_agree(three_slots: Stack) 
     assert any("DistributedDataParallel over 2 processes (gloo)" in e["message"] for e in events)
     model = three_slots.client.get(f"/v1/jobs/{first['id']}/model")
     assert model.status_code == 200 and model.content[:2] == b"PK"  # a TorchScript zip
+
+
+def test_keras_on_two_devices_gives_the_loss_of_one(three_slots: Stack) -> None:
+    one = three_slots.submit(mlp_spec(1, framework="keras"))
+    two = three_slots.submit(mlp_spec(2, framework="keras"))
+    for job in (one, two):
+        assert three_slots.wait(job["id"], timeout=300)["status"] == "succeeded"
+    # MirroredStrategy over two logical CPU devices, the same shares and weighting as DDP.
+    assert losses(three_slots, two["id"]) == pytest.approx(losses(three_slots, one["id"]),
+                                                           rel=1e-4)
+    events = three_slots.client.get(f"/v1/jobs/{two['id']}/events").json()
+    assert any("MirroredStrategy over 2 devices" in e["message"] for e in events)
+    assert three_slots.client.get(f"/v1/jobs/{two['id']}/model").status_code == 200
 
 
 def test_no_rank_outlives_its_worker(three_slots: Stack) -> None:
