@@ -70,7 +70,8 @@ def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> d
     """Why each queued job of jobs waits, in words a person can act on; three statements.
 
     One window query ranks every queued job of the page's queues (priority,
-    then age), one reads the live fleet: a page of 50 costs what a page of 1 does.
+    then age), one reads the live fleet (and one per queue with multi-slot jobs, their
+    hosts' free slots): a page of 50 costs what a page of 1 does.
     """
     queued = [j for j in jobs if j.status == JobStatus.QUEUED.value]
     if not queued:
@@ -86,11 +87,13 @@ def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> d
         .where(ranked.c.id.in_([j.id for j in queued]))).tuples().all())
     fleet = live(session, lost_after_s)
     reasons = {}
+    hosts: dict[str, dict[str, slots.Host]] = {}  # per queue: one more statement for gangs
     for j in queued:
         need = slots.needed(j.spec)
         if need > 1:
-            reasons[j.id] = slots.gang_reason(need, j.queue,
-                                              slots.hosts(session, j.queue, lost_after_s))
+            if j.queue not in hosts:
+                hosts[j.queue] = slots.hosts(session, j.queue, lost_after_s)
+            reasons[j.id] = slots.gang_reason(need, j.queue, hosts[j.queue])
         else:
             reasons[j.id] = _reason(j.queue, max(int(positions.get(j.id, 1)) - 1, 0), fleet)
     return reasons

@@ -54,7 +54,7 @@ def losses(stack: Stack, job_id: str) -> list[float]:
     return [r["loss"] for r in rows]
 
 
-def wait_for(predicate: Any, timeout: float = 120, what: str = "") -> None:
+def wait_for(predicate: Any, timeout: float = 300, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -131,14 +131,23 @@ def test_keras_on_two_devices_gives_the_loss_of_one(three_slots: Stack) -> None:
     assert three_slots.client.get(f"/v1/jobs/{two['id']}/model").status_code == 200
 
 
-def test_no_rank_outlives_its_worker(three_slots: Stack) -> None:
-    job = three_slots.submit(mlp_spec(2, name="slow", epochs=50))
+def test_no_rank_outlives_its_worker_and_cancel_stops_every_rank(three_slots: Stack) -> None:
+    job = three_slots.submit(mlp_spec(2, name="slow", epochs=100))
     wait_for(lambda: len(_rank_pids(three_slots, job["id"])) == 2, what="two ranks")
     leader = three_slots.job(job["id"])["worker"].split("@")[0]
-    ranks = _rank_pids(three_slots, job["id"])
-    three_slots.workers[leader].kill()  # SIGKILL: no chance to clean up
-    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in ranks.values()), timeout=10,
+    first = _rank_pids(three_slots, job["id"])
+    three_slots.workers[leader].kill()  # SIGKILL: the worker cleans nothing up
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in first.values()), timeout=10,
              what="the ranks to die with their worker")
     three_slots.workers[leader].wait()
-    three_slots.client.post(f"/v1/jobs/{job['id']}/cancel")
     three_slots.start_worker(leader)
+    # The reaper requeues the job; a new group starts; a cancel stops all of it.
+    wait_for(lambda: three_slots.job(job["id"])["attempt"] == 2
+             and len(_rank_pids(three_slots, job["id"])) == 2, what="the second attempt's ranks")
+    second = _rank_pids(three_slots, job["id"])
+    assert three_slots.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    assert three_slots.wait(job["id"], timeout=60)["status"] == "cancelled"
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in second.values()), timeout=10,
+             what="every rank to stop")
+    events = three_slots.client.get(f"/v1/jobs/{job['id']}/events").json()
+    assert any(e["message"] == "cancelled: stopped at a batch boundary" for e in events)

@@ -41,3 +41,6 @@ class Replicas:
             return cls()
         slots, rank, procs, rendezvous = args
         return cls(int(slots), int(rank), int(procs), Path(rendezvous) if rendezvous else None)
+
+
+ONE = Replicas()  # a job on one slot: one process, the leader

@@ -13,7 +13,7 @@ from workers.reporting import JobReporter
 from workers.runners import ModelArgs, preload
 from workers.runners.common import StopFlag, model_card, resume_from_latest
 from workers.training.loop import TrainingLoop
-from workers.training.replicas import Replicas
+from workers.training.replicas import ONE, Replicas
 
 
 def imported_frameworks() -> list[str]:
@@ -22,7 +22,7 @@ def imported_frameworks() -> list[str]:
 
 
 def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
-        replicas: Replicas = Replicas(), extra_callbacks: Sequence[Callback] = (),
+        replicas: Replicas = ONE, extra_callbacks: Sequence[Callback] = (),
         onnx_fault: bool = False) -> None:
     """Train spec on device (the one the worker verified; replicas: this process's part of
     a data-parallel job) to the end, resuming from the latest checkpoint, and store the

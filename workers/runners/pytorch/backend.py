@@ -16,7 +16,7 @@ from app.core.spec import JobSpec, OptimizerSpec
 from workers.datasets import Dataset
 from workers.runners.pytorch.distributed import StopVote, all_sum
 from workers.training.loop import LoopState
-from workers.training.replicas import Replicas
+from workers.training.replicas import ONE, Replicas
 
 # The share of the GPU's free memory the dataset may take to be kept there whole;
 # a larger one stays in pinned host memory and is copied over a batch at a time.
@@ -98,7 +98,7 @@ class TorchBackend:
     """
 
     def __init__(self, spec: JobSpec, model: nn.Module, dataset: Dataset, device: torch.device,
-                 data_budget_bytes: int | None = None, replicas: Replicas = Replicas()) -> None:
+                 data_budget_bytes: int | None = None, replicas: Replicas = ONE) -> None:
         self.spec, self.dataset, self.device, self.replicas = spec, dataset, device, replicas
         self.n_train, self.n_val = len(dataset.x_train), len(dataset.x_val)
         cuda = device.type == "cuda"

@@ -14,10 +14,10 @@ from workers.reporting import JobReporter
 from workers.runners import ModelArgs
 from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.pytorch.backend import TorchBackend, resolve_device
-from workers.runners.pytorch.distributed import join_group
-from workers.training.replicas import Replicas
 from workers.runners.pytorch.build import build_model
+from workers.runners.pytorch.distributed import join_group
 from workers.runners.pytorch.export import onnx_bytes, safetensors_bytes, torchscript_bytes
+from workers.training.replicas import Replicas
 
 INPUT_NOTE = "torch.jit.load(path); model(x) with x as the dataset holds it, normalisation inside"
 
