@@ -36,6 +36,9 @@ def register(session: Session, *, name: str, hostname: str, pid: int, device: st
     row.hostname, row.pid, row.device, row.gpu_name = hostname, pid, device, gpu_name
     row.queues, row.state, row.detail, row.slot_device = queues, state, detail, slot_device
     row.current_job, row.started_at, row.heartbeat_at = None, now, now
+    if row.held_by is not None and session.scalar(
+            select(Job.id).where(Job.id == row.held_by, Job.status.in_(lifecycle.LIVE))) is None:
+        row.held_by = None  # a holder that no longer runs must not keep the slot forever
 
 
 def beat(session: Session, name: str, current_job: str | None, state: str | None = None) -> None:

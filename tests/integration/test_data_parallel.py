@@ -145,6 +145,12 @@ def test_no_rank_outlives_its_worker_and_cancel_stops_every_rank(three_slots: St
     wait_for(lambda: three_slots.job(job["id"])["attempt"] == 2
              and len(_rank_pids(three_slots, job["id"])) == 2, what="the second attempt's ranks")
     second = _rank_pids(three_slots, job["id"])
+
+    def trains_again() -> bool:  # the group is past start-up: the stop is a batch boundary's
+        events = three_slots.client.get(f"/v1/jobs/{job['id']}/events").json()
+        return any(e["kind"] == "metrics" and e["attempt"] == 2 for e in events)
+
+    wait_for(trains_again, what="an epoch of the second attempt")
     assert three_slots.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     assert three_slots.wait(job["id"], timeout=60)["status"] == "cancelled"
     wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in second.values()), timeout=10,
