@@ -227,10 +227,11 @@ class Supervisor:
                     # Cancelled after the last heartbeat: cancelling cannot be handed back.
                     lifecycle.finish_cancel(session, job_id, attempt,
                                             "stopped while its worker shut down")
-            elif outcome.rank_failure is not None and (outcome.rank_failure.rank > 0
-                                                        or outcome.rank_failure.returncode < 0):
+            elif (outcome.rank_failure is not None and result.get("type") != "user_error"
+                  and (outcome.rank_failure.rank > 0 or outcome.rank_failure.returncode < 0)):
                 # A rank that died (killed, OOM, a lost device) costs the attempt, like a
-                # lost worker: the job resumes from its last checkpoint.
+                # lost worker: the job resumes from its last checkpoint. (Every rank meets
+                # a user error, and rank 0 says so: that fails the job as on one slot.)
                 requeued = lifecycle.lose(
                     session, job_id, attempt, self.settings.max_attempts,
                     f"{outcome.rank_failure.describe()}; the group was stopped", data) == "queued"
