@@ -211,6 +211,12 @@ class WorkerRecord(Base):
     current_job: Mapped[str | None] = mapped_column(String(40))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The slot's claim: the live job that holds it (a multi-slot job holds several
+    # workers of one host), set with the job's claim and cleared when it stops running.
+    held_by: Mapped[str | None] = mapped_column(String(40), index=True)
+    # The GPU index this slot stands for (its CUDA_VISIBLE_DEVICES), "" for a CPU slot:
+    # a multi-slot job's leader pins each rank to its slot's GPU.
+    slot_device: Mapped[str] = mapped_column(String(20), default="", server_default="")
 
 
 class Dataset(Base):

@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     runner_threads: int | None = Field(None, ge=1, le=1024)
     worker_queues: str = ""
     cpu_takes_gpu_jobs: bool = True
-    max_gpus_per_job: int = Field(1, ge=0)
+    # The most slots (GPUs, or CPU slots on a machine without GPUs) one job may ask
+    # for in resources.gpus; a job runs data-parallel on that many slots of one host.
+    max_gpus_per_job: int = Field(8, ge=0, le=16)
     # Test-only fault injection for the runner, e.g. "segfault@2" (see docs).
     fault_injection: str = ""
     blob_chunk_bytes: int = Field(1 << 20, ge=1024)
@@ -96,6 +98,13 @@ class Settings(BaseSettings):
     api_queue_max: int = Field(1000, ge=1)
     api_retry_after_s: int = Field(2, ge=1)
     worker_name: str = ""
+    # Set by `trainery worker` for each GPU worker: the GPU index it is pinned to
+    # (its CUDA_VISIBLE_DEVICES), recorded with the worker so that a multi-GPU job's
+    # leader can pin each rank to the GPU of the slot it holds.
+    slot_device: str = ""
+    # A data-parallel job's collective timeout: a rank that hangs this long in an
+    # all-reduce fails the group (a rank that dies stops it at once).
+    ddp_timeout_s: float = Field(120.0, gt=0)
     runner_python: str = ""
     # Spare runners a worker keeps imported and waiting, so a job's runner starts
     # warm (workers/warmpool.py): "last" one for the framework it ran last, "both"

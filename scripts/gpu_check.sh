@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: the GPU smoke test (a bf16 job trained on CUDA
 # through a real API and worker, its TorchScript model loaded back and checked),
-# then the benchmarks on the GPU. Everything is printed and written to one file,
+# then the benchmarks on the GPU (data-parallel scaling over every GPU too). Everything is printed and written to one file,
 # whose figures go into docs/benchmarks.md.
 #   scripts/gpu_check.sh                 output in var/gpu_check-<UTC time>.txt
 #   scripts/gpu_check.sh OUT.txt
@@ -47,6 +47,15 @@ step() {
     step python -m bench.loop_overhead --framework keras --device auto
     step python -m bench.airbench --device cuda
     step python -m bench.airbench --device cuda --compile
+    # Data-parallel scaling: the airbench preset as a 1-GPU job and as an N-GPU job (DDP,
+    # one worker per GPU of this host); samples/s of each and the scaling efficiency.
+    # A 1-GPU job never takes the DDP path (no process group, no wrapper), so a machine
+    # with one GPU has nothing to compare; it runs the path on 2 CPU slots instead.
+    if [ "$(nvidia-smi --list-gpus | wc -l)" -ge 2 ]; then
+        step python -m bench.data_parallel
+    else
+        step python -m bench.data_parallel --cpu-slots 2 --quick
+    fi
     echo
     if [ ${#failed[@]} -eq 0 ]; then
         echo "gpu_check: all steps passed"

@@ -85,7 +85,8 @@ def plan(settings: Settings, gpus: list[Gpu], hostname: str,
     for gpu in gpus:
         queues = ["gpu", pool_name(gpu.name), "default", *extra]
         slots.append(Slot(f"gpu{gpu.index}@{hostname}",
-                          {"CUDA_VISIBLE_DEVICES": gpu.index, **share},
+                          {"CUDA_VISIBLE_DEVICES": gpu.index, "TRAINERY_SLOT_DEVICE": gpu.index,
+                           **share},
                           list(dict.fromkeys(queues))))
     if not gpus:
         takes_gpu = ["gpu"] if settings.cpu_takes_gpu_jobs else []

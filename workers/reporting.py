@@ -271,3 +271,29 @@ class JobReporter:
         with transaction(self.factory) as session:
             self._fence(session)
             session.get_one(Job, self.job_id).model_card = card
+
+
+class ReplicaReporter(JobReporter):
+    """A data-parallel job's non-leader rank: it reads the job (spec, checkpoints) like the
+    leader and writes nothing; the leader alone records metrics, checkpoints and models."""
+
+    def event(self, message: str, data: dict[str, Any] | None = None) -> None:
+        pass
+
+    def record_epoch(self, epoch: int, epochs: int, logs: dict[str, float],
+                     best: dict[str, Any] | None, *, checkpoint: bytes | None = None,
+                     keep_last: int = 1, steps: step_store.StepLogs = ()) -> None:
+        pass
+
+    def record_steps(self, steps: step_store.StepLogs) -> None:
+        pass
+
+    def save_checkpoint(self, epoch: int, payload: bytes, metrics: dict[str, Any],
+                        *, keep_last: int) -> None:
+        pass
+
+    def save_artifact(self, fmt: str, payload: bytes, filename: str, media_type: str) -> None:
+        pass
+
+    def set_model_card(self, card: dict[str, Any]) -> None:
+        pass

@@ -1,8 +1,11 @@
-"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH [DEVICE [CONTEXT]]`.
+"""Runner process entry: `python -m workers.runner JOB_ID ATTEMPT RESULT_PATH [DEVICE
+[CONTEXT [SLOTS RANK PROCS RENDEZVOUS]]]`.
 
 DEVICE is the one the worker's device check verified ("cpu", "cuda:N"; default cpu).
 CONTEXT (JSON, `workers.warmpool.RunContext`) names the worker and the request id for the
 runner's log lines, and the inherited descriptor they go to (the worker's stderr).
+The rest place a data-parallel job's process (workers.training.replicas): only the
+leader (rank 0) writes to the store and the result file.
 Imports exactly one framework, trains, and writes a one-line JSON outcome for the
 supervisor. Exit codes: 0 done, 3 user error, 4 superseded, 5 stopped, 6 out of memory,
 1 internal.
@@ -35,10 +38,11 @@ from app.settings import Settings, get_settings
 from workers import faults
 from workers.errors import Superseded, UserError
 from workers.phases import PHASES
-from workers.reporting import JobReporter
+from workers.reporting import JobReporter, ReplicaReporter
 from workers.runners import FRAMEWORKS
 from workers.runners import preload as import_framework
 from workers.runners.common import StopFlag, StopRequested
+from workers.training.replicas import Replicas
 from workers.training.run import run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_SUPERSEDED, EXIT_STOPPED = 0, 1, 3, 4, 5
@@ -58,14 +62,14 @@ def preload(framework: str) -> None:
 
 
 def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
-           fault_rules: str) -> None:
+           replicas: Replicas, fault_rules: str) -> None:
     """Train with the test-only fault injection installed when the setting names rules."""
     import_framework(spec.framework)
     PHASES.mark("framework_ready")
     rules = faults.parse(fault_rules, spec.name)
     injection = faults.FaultInjection(rules, reporter)
-    run(spec, reporter, stop, device, extra_callbacks=[injection] if injection.rules else [],
-        onnx_fault=injection.onnx_fails)
+    run(spec, reporter, stop, device, replicas,
+        extra_callbacks=[injection] if injection.rules else [], onnx_fault=injection.onnx_fails)
 
 
 class _StartReporter(JobReporter):
@@ -139,6 +143,7 @@ def main(argv: list[str]) -> int:
     job_id, attempt, result_path = argv[0], int(argv[1]), Path(argv[2])
     device = argv[3] if len(argv) > 3 else "cpu"
     context = json.loads(argv[4]) if len(argv) > 4 else {}
+    replicas = Replicas.parse(argv[5:])
     settings = get_settings()
     configure_logging("runner", settings.log_format, stream=_log_to(context))
     log_context.update(job_id=job_id, attempt=attempt, worker=context.get("worker"),
@@ -148,12 +153,14 @@ def main(argv: list[str]) -> int:
     limit_threads(settings.runner_threads)
     engine = make_engine(settings.resolved_database_url(), pool_size=1)
     factory = make_sessionmaker(engine)
-    reporter = _StartReporter(factory, open_store(factory, settings), job_id, attempt,
+    reporter_class = _StartReporter if replicas.leader else ReplicaReporter
+    reporter = reporter_class(factory, open_store(factory, settings), job_id, attempt,
                               write_behind=True)
     _note_start_times(factory, job_id)
 
     def outcome(code: int, **result: Any) -> int:
-        result_path.write_text(json.dumps(result))
+        if replicas.leader:
+            result_path.write_text(json.dumps(result))
         log.info("runner finished", extra={"outcome": result["status"], "exit_code": code,
                                            "duration_s": round(time.monotonic() - started, 3)})
         return code
@@ -163,7 +170,7 @@ def main(argv: list[str]) -> int:
         log.info("runner started", extra={"framework": spec.framework, "device": device,
                                           "warm": PHASES.warm, "pid": os.getpid()})
         try:
-            _train(spec, reporter, stop, device, settings.fault_injection)
+            _train(spec, reporter, stop, device, replicas, settings.fault_injection)
         finally:
             # Whatever ended training, its queued writes (the last metrics, a
             # hand-back checkpoint) land before the outcome; a write that was

@@ -21,10 +21,11 @@ from app.core.states import JobStatus
 from app.db import transaction
 from app.models import Job
 from app.observability import logging as log_context
-from app.services import lifecycle
+from app.services import lifecycle, slots
 from app.settings import Settings
 from workers import runner as runner_module
-from workers.warmpool import WarmPool
+from workers.rankgroup import GroupProc, RankFailure, RankGroup
+from workers.warmpool import RunContext, RunnerProcess, WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class RunnerOutcome:
     result: dict[str, Any]
     stderr_tail: str
     stopped_for: str | None  # "cancel" | "shutdown" | None
+    rank_failure: RankFailure | None = None  # a multi-slot job's first failed rank
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -80,47 +82,76 @@ class Supervisor:
             log.warning("wake-up for unknown job %s ignored", job_id)
             return None
         with transaction(self.factory) as session:
-            claimed = lifecycle.claim_next(session, queue, self.worker)
+            claimed = lifecycle.claim_next(session, queue, self.worker,
+                                           self.settings.worker_lost_after_s)
         if claimed is None:
             log.info("wake-up for %s: nothing left to run in queue %s", job_id, queue)
             return None
         self.current = claimed
         log_context.update(job_id=claimed[0], attempt=claimed[1])
         try:
-            self.supervise(*claimed)
+            freed = self.supervise(*claimed)
         finally:
             self.current = None
             self.idle_since = time.monotonic()
+        self._announce(queue, freed)
         return claimed
 
-    def supervise(self, job_id: str, attempt: int) -> None:
-        """Run attempt of job_id in a runner subprocess until it ends, then record how."""
+    def _announce(self, queue: str, freed: int) -> None:
+        """Send a wake-up for each slot a job freed while jobs wait in its queue: a wake-up
+        that found no job to fit (a gang waiting for slots) was consumed, so the slots
+        that free up say so themselves."""
+        with self.factory() as session:
+            waiting = slots.queued_needs(session, queue, 1)
+        for _ in range(freed if waiting else 0):
+            self.send_wake(waiting[0][0], queue)
+
+    def supervise(self, job_id: str, attempt: int) -> int:
+        """Run attempt of job_id in a runner subprocess until it ends, then record how; the
+        number of slots it held."""
         with self.factory() as session:
             spec = session.get_one(Job, job_id).spec
+            held = [(w.name, w.slot_device) for w in slots.held(session, job_id, self.worker)]
         max_runtime = float(spec["resources"]["max_runtime_s"])
         if spec["resources"].get("gpus", 0) >= 1 and not self.device.startswith("cuda"):
             with transaction(self.factory) as session:
                 lifecycle.add_event(session, job_id, f"the job asks for a GPU; worker "
                                     f"{self.worker} has none (a CPU-only fleet), so it trains on "
                                     "the CPU", attempt=attempt)
-        runner = self.pool.start(spec["framework"], job_id, attempt, self.device, self.worker,
-                                 log_context.current("request_id"))
+        runner: RunnerProcess | RankGroup
+        request_id = log_context.current("request_id")
+        if len(held) > 1:
+            with transaction(self.factory) as session:
+                lifecycle.add_event(session, job_id, f"data-parallel on {len(held)} slots: "
+                                    + ", ".join(name for name, _ in held), attempt=attempt,
+                                    data={"slots": [name for name, _ in held]})
+            runner = RankGroup.spawn(spec["framework"], self.pool.python,
+                                     (job_id, attempt, self.device),
+                                     [device for _, device in held], self.settings.runner_threads,
+                                     RunContext(self.worker, request_id),
+                                     self.settings.resolved_runner_memory())
+        else:
+            runner = self.pool.start(spec["framework"], job_id, attempt, self.device, self.worker,
+                                     request_id)
         try:
             log.info("job %s attempt %d: runner pid %d", job_id, attempt, runner.proc.pid)
             ended, stopped_for = self._watch(runner.proc, job_id, attempt,
                                              time.monotonic() + max_runtime)
             if not ended:
-                return
+                return len(held)
             try:
                 result = json.loads(runner.result_path.read_text())
             except (OSError, ValueError):
                 result = {}
+            failure = runner.proc.failure if isinstance(runner.proc, GroupProc) else None
             self._record(job_id, attempt, RunnerOutcome(
-                runner.proc.returncode, result, _tail(runner.log_path), stopped_for))
+                runner.proc.returncode or 0, result, _tail(runner.log_path), stopped_for,
+                failure))
         finally:
             runner.close()
+        return len(held)
 
-    def _watch(self, proc: subprocess.Popen[bytes], job_id: str, attempt: int,
+    def _watch(self, proc: subprocess.Popen[bytes] | GroupProc, job_id: str, attempt: int,
                deadline: float) -> tuple[bool, str | None]:
         """Heartbeat until the runner exits; (False, _) if the job was taken from us or timed
         out."""
@@ -163,7 +194,7 @@ class Supervisor:
                 proc.kill()
 
     @staticmethod
-    def _ask_stop(proc: subprocess.Popen[bytes], job_id: str, why: str) -> None:
+    def _ask_stop(proc: subprocess.Popen[bytes] | GroupProc, job_id: str, why: str) -> None:
         log.info("job %s: asking the runner to stop (%s)", job_id, why)
         proc.send_signal(signal.SIGTERM)
 
@@ -172,14 +203,14 @@ class Supervisor:
             return float(session.get_one(Job, job_id).spec["resources"]["max_runtime_s"])
 
     @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
+    def _kill(proc: subprocess.Popen[bytes] | GroupProc) -> None:
         proc.kill()
         proc.wait()
 
     def _record(self, job_id: str, attempt: int, outcome: RunnerOutcome) -> None:
         rc, result = outcome.returncode, outcome.result
         data = {"returncode": rc, "stderr_tail": outcome.stderr_tail}
-        handed_back = False
+        handed_back = requeued = False
         status = result.get("status")
         with transaction(self.factory) as session:
             # The result file is written last, after the model is stored: when it
@@ -200,6 +231,14 @@ class Supervisor:
                     # Cancelled after the last heartbeat: cancelling cannot be handed back.
                     lifecycle.finish_cancel(session, job_id, attempt,
                                             "stopped while its worker shut down")
+            elif (outcome.rank_failure is not None and result.get("type") != "user_error"
+                  and (outcome.rank_failure.rank > 0 or outcome.rank_failure.returncode < 0)):
+                # A rank that died (killed, OOM, a lost device) costs the attempt, like a
+                # lost worker: the job resumes from its last checkpoint. (Every rank meets
+                # a user error, and rank 0 says so: that fails the job as on one slot.)
+                requeued = lifecycle.lose(
+                    session, job_id, attempt, self.settings.max_attempts,
+                    f"{outcome.rank_failure.describe()}; the group was stopped", data) == "queued"
             elif rc < 0:
                 lifecycle.fail(session, job_id, attempt, "runner_crashed",
                                f"the runner died by {_signal_name(rc)}", data)
@@ -210,5 +249,5 @@ class Supervisor:
                 lifecycle.fail(session, job_id, attempt, "runner_crashed",
                                f"the runner exited with code {rc} without a result", data)
             queue = session.get_one(Job, job_id).queue
-        if handed_back:
+        if handed_back or requeued:
             self.send_wake(job_id, queue)

@@ -70,7 +70,8 @@ def start_worker_duties(app: Celery, hostname: str | None, queues: Sequence[str]
         worker_service.register(
             session, name=supervisor.worker, hostname=socket.gethostname(), pid=os.getpid(),
             device=str(verdict["device"]), gpu_name=verdict.get("gpu_name"), queues=list(queues),
-            state=state, detail=str(verdict["detail"]))
+            state=state, detail=str(verdict["detail"]),
+            slot_device=supervisor.settings.slot_device)
     if not verdict["ok"]:
         log.error("worker %s failed its device check (%s); it takes no jobs", supervisor.worker,
                   verdict["detail"])

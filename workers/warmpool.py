@@ -45,7 +45,7 @@ FRAMEWORKS = ("pytorch", "keras")
 PR_SET_PDEATHSIG = 1
 
 
-def _runner_preexec(memory_bytes: int | None) -> None:
+def runner_preexec(memory_bytes: int | None) -> None:
     """Runs in the runner child before exec: it dies with its worker and gets its data cap."""
     # If the worker is SIGKILLed, the kernel kills its runners and spares too, so a lost
     # worker never leaves a training process behind that could race the job's next
@@ -126,7 +126,7 @@ class RunnerProcess:
         proc = subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
                                 stdout=log_file, stderr=subprocess.STDOUT,
                                 pass_fds=() if log_fd is None else (log_fd,),
-                                preexec_fn=functools.partial(_runner_preexec, memory_bytes))
+                                preexec_fn=functools.partial(runner_preexec, memory_bytes))
         return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None)
 
     @property

@@ -45,7 +45,7 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex[:24]}"
 
 
-def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1,
+def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 8,
                  data: DataShape | None = None) -> None:
     """Raise InvalidInput listing every field over the service's limits; data is the
     dataset's shape (an upload's, from its row; builtin ones are known from the spec)."""
@@ -62,10 +62,9 @@ def check_limits(spec: JobSpec, limits: Limits, max_gpus_per_job: int = 1,
          "max_runtime_s")
     if spec.resources.gpus > max_gpus_per_job:
         problems.append(problem(("resources", "gpus"),
-                                f"no worker could ever run this job: each worker holds "
-                                f"{max_gpus_per_job} GPU, and the job asks for "
-                                f"{spec.resources.gpus}",
-                                "unschedulable"))
+                                f"the job asks for {spec.resources.gpus} GPUs; this service "
+                                f"runs a job on at most {max_gpus_per_job} (one host's; "
+                                "TRAINERY_MAX_GPUS_PER_JOB)", "limit_exceeded"))
     if spec.model.layers is not None:
         over(("model", "layers"), len(spec.model.layers), limits.max_layers, "the layer count")
         for i, layer in enumerate(spec.model.layers):
@@ -136,7 +135,7 @@ def _size(n: int) -> str:
 
 
 def submit(uow: UnitOfWork, spec: JobSpec, *, owner: str, limits: Limits,
-           idempotency_key: str | None, max_gpus_per_job: int = 1) -> tuple[Job, bool]:
+           idempotency_key: str | None, max_gpus_per_job: int = 8) -> tuple[Job, bool]:
     """Store a new queued job and wake a worker after the commit; (job, created).
 
     A repeated idempotency key returns the first job (and wakes nobody)."""

@@ -10,8 +10,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.states import JobStatus
-from app.models import EpochMetrics, Job, JobEvent, utcnow
-from app.services import webhooks
+from app.models import EpochMetrics, Job, JobEvent, WorkerRecord, utcnow
+from app.services import slots, webhooks
 
 S = JobStatus
 
@@ -66,6 +66,8 @@ def transition(session: Session, job_id: str, from_states: Iterable[JobStatus], 
         return False
     add_event(session, job_id, reason, kind="state", attempt=values.get("attempt", current.attempt),
               from_status=current.status, to_status=to.value, data=data)
+    if to.value not in LIVE:  # it stopped running: its worker slots take other jobs
+        slots.release(session, job_id)
     if to.is_terminal:  # in this transaction: an ended job's webhooks are never lost
         webhooks.job_ended(session, job_id, to.value)
     return True
@@ -148,19 +150,36 @@ def is_live(session: Session, job_id: str, attempt: int) -> bool:
 
 
 
-def claim_next(session: Session, queue: str, worker: str) -> tuple[str, int] | None:
-    """Claim the most urgent queued job of queue: (job id, attempt), or None if none is left.
+def claim_next(session: Session, queue: str, worker: str,
+               lost_after_s: float = 30.0) -> tuple[str, int] | None:
+    """Claim the most urgent queued job of queue that fits this worker's host: (job id,
+    attempt), or None. A job needing N slots holds N free slots of the host, this worker's
+    first, in this transaction, or the claim does not happen (app.services.slots: policy).
 
     A broker message only says "something waits in this queue"; which job runs
     next is decided here, by priority then age, so SQL order is the only order.
     """
-    candidates = session.scalars(
-        select(Job.id).where(Job.queue == queue, Job.status == S.QUEUED.value)
-        .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(8))
-    for job_id in list(candidates):
+    me = session.get(WorkerRecord, worker)
+    if me is not None and me.held_by is not None:
+        return None  # this slot already serves a (multi-slot) job
+    skipped: set[str] = set()
+    for _ in range(8):
+        queued = [(j, n) for j, n in slots.queued_needs(session, queue, 8 + len(skipped))
+                  if j not in skipped]
+        fleet = slots.hosts(session, queue, lost_after_s)
+        choice = slots.choose(worker, queued, fleet, me.hostname if me else None)
+        if choice is None:
+            return None
+        job_id, names = choice
+        savepoint = session.begin_nested()
         attempt = claim(session, job_id, worker)
-        if attempt is not None:
+        # An unregistered claimer (a test calling this directly) holds no slot rows.
+        if attempt is not None and (me is None or slots.hold(session, job_id, names)):
+            savepoint.commit()
             return job_id, attempt
+        savepoint.rollback()
+        if attempt is None:
+            skipped.add(job_id)  # someone else claimed it
     return None
 
 
@@ -217,18 +236,34 @@ def reap_lost(session: Session, job_id: str, attempt: int, lost_attempts: int,
 
     Returns the job's new status, or None if it had moved on meanwhile.
     """
-    why = f"worker lost: no heartbeat for {silent_s:.0f}s"
+    return _lose(session, job_id, attempt, lost_attempts, max_attempts,
+                 f"worker lost: no heartbeat for {silent_s:.0f}s")
+
+
+def lose(session: Session, job_id: str, attempt: int, max_attempts: int, why: str,
+         data: dict[str, Any] | None = None) -> str | None:
+    """An attempt lost for a reason other than a silent worker (a data-parallel rank died):
+    requeue the job as reap_lost does; its new status, or None if it had moved on."""
+    lost = session.scalar(select(Job.lost_attempts).where(Job.id == job_id))
+    if lost is None:
+        return None
+    return _lose(session, job_id, attempt, lost, max_attempts, why, data)
+
+
+def _lose(session: Session, job_id: str, attempt: int, lost_attempts: int, max_attempts: int,
+          why: str, data: dict[str, Any] | None = None) -> str | None:
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     if status == S.CANCELLING.value:
         return S.CANCELLED.value if finish_cancel(session, job_id, attempt, why) else None
     if lost_attempts + 1 >= max_attempts:
         moved = fail(session, job_id, attempt, "worker_lost",
                      f"the job lost its worker {lost_attempts + 1} times (max_attempts is "
-                     f"{max_attempts}); last: {why}")
+                     f"{max_attempts}); last: {why}", data)
         return S.FAILED.value if moved else None
     moved = transition(session, job_id, [S.RUNNING], S.QUEUED,
                        f"{why}; queued again to resume from its last checkpoint",
-                       expect_attempt=attempt, worker=None, lost_attempts=lost_attempts + 1)
+                       expect_attempt=attempt, data=data, worker=None,
+                       lost_attempts=lost_attempts + 1)
     return S.QUEUED.value if moved else None
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
 from app.models import Job, WorkerRecord, utcnow
-from app.services import lifecycle
+from app.services import lifecycle, slots
 
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "default"
@@ -27,16 +27,20 @@ def route(spec: JobSpec) -> str:
 
 
 def register(session: Session, *, name: str, hostname: str, pid: int, device: str,
-             gpu_name: str | None, queues: list[str], state: str, detail: str = "") -> None:
-    """Insert or refresh this worker's row."""
+             gpu_name: str | None, queues: list[str], state: str, detail: str = "",
+             slot_device: str = "") -> None:
+    """Insert or refresh this worker's row (a slot a live job holds stays held)."""
     row = session.get(WorkerRecord, name)
     now = utcnow()
     if row is None:
         row = WorkerRecord(name=name)
         session.add(row)
     row.hostname, row.pid, row.device, row.gpu_name = hostname, pid, device, gpu_name
-    row.queues, row.state, row.detail = queues, state, detail
+    row.queues, row.state, row.detail, row.slot_device = queues, state, detail, slot_device
     row.current_job, row.started_at, row.heartbeat_at = None, now, now
+    if row.held_by is not None and session.scalar(
+            select(Job.id).where(Job.id == row.held_by, Job.status.in_(lifecycle.LIVE))) is None:
+        row.held_by = None  # a holder that no longer runs must not keep the slot forever
 
 
 def beat(session: Session, name: str, current_job: str | None, state: str | None = None) -> None:
@@ -49,10 +53,11 @@ def beat(session: Session, name: str, current_job: str | None, state: str | None
 def live(session: Session, lost_after_s: float, viewer: str | None = None) -> list[WorkerRecord]:
     """Workers that reported within lost_after_s and have not stopped, with their current job.
 
-    The current job comes from the jobs table (the claim), not from the worker's
-    last heartbeat, so it is right from the moment a job is claimed. Given a
-    viewer, a job of another owner shows only as BUSY: job ids are the keys to
-    a job's pages, and one owner never learns another's.
+    The current job is the claim's (the slot's holder, or the job the worker runs), not
+    the worker's last heartbeat, so it is right from the moment a job is claimed, and
+    every slot a multi-slot job holds shows that job. Given a viewer, a job of another
+    owner shows only as BUSY: job ids are the keys to a job's pages, and one owner never
+    learns another's.
     """
     since = utcnow() - timedelta(seconds=lost_after_s)
     rows = list(session.scalars(
@@ -66,7 +71,7 @@ def live(session: Session, lost_after_s: float, viewer: str | None = None) -> li
                           Job.worker.in_([w.name for w in rows]))).tuples()}
     for w in rows:
         session.expunge(w)  # a read model: never written back
-        w.current_job = running.get(w.name)
+        w.current_job = w.held_by or running.get(w.name)
     return rows
 
 
@@ -74,7 +79,8 @@ def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> d
     """Why each queued job of jobs waits, in words a person can act on; three statements.
 
     One window query ranks every queued job of the page's queues (priority,
-    then age), one reads the live fleet: a page of 50 costs what a page of 1 does.
+    then age), one reads the live fleet (and one per queue with multi-slot jobs, their
+    hosts' free slots): a page of 50 costs what a page of 1 does.
     """
     queued = [j for j in jobs if j.status == JobStatus.QUEUED.value]
     if not queued:
@@ -89,8 +95,17 @@ def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> d
         select(ranked.c.id, ranked.c.position)
         .where(ranked.c.id.in_([j.id for j in queued]))).tuples().all())
     fleet = live(session, lost_after_s)
-    return {j.id: _reason(j.queue, max(int(positions.get(j.id, 1)) - 1, 0), fleet)
-            for j in queued}
+    reasons = {}
+    hosts: dict[str, dict[str, slots.Host]] = {}  # per queue: one more statement for gangs
+    for j in queued:
+        need = slots.needed(j.spec)
+        if need > 1:
+            if j.queue not in hosts:
+                hosts[j.queue] = slots.hosts(session, j.queue, lost_after_s)
+            reasons[j.id] = slots.gang_reason(need, j.queue, hosts[j.queue])
+        else:
+            reasons[j.id] = _reason(j.queue, max(int(positions.get(j.id, 1)) - 1, 0), fleet)
+    return reasons
 
 
 def _reason(queue: str, ahead: int, fleet: list[WorkerRecord]) -> str:

@@ -97,7 +97,7 @@ def test_pending_reason_counts_jobs_ahead_and_busy_workers(fresh_stack: Stack) -
             == "no live worker serves queue gpu.a100")
 
 
-def test_more_gpus_than_a_worker_has_is_422(fresh_stack: Stack) -> None:
-    r = fresh_stack.client.post("/v1/jobs", json=tiny_spec(resources={"gpus": 2}))
+def test_more_gpus_than_the_service_allows_is_422(fresh_stack: Stack) -> None:
+    r = fresh_stack.client.post("/v1/jobs", json=tiny_spec(resources={"gpus": 9}))
     assert r.status_code == 422
     assert r.json()["detail"][0]["path"] == "resources.gpus"

@@ -8,7 +8,7 @@ import sys
 
 from app.settings import RUNNER_OVERHEAD_BYTES, Settings
 from workers import runner
-from workers.warmpool import _runner_preexec
+from workers.warmpool import runner_preexec
 
 
 def test_the_runner_cap_follows_the_budget_unless_set() -> None:
@@ -21,7 +21,7 @@ def test_a_capped_process_gets_memory_errors_not_the_machines_memory() -> None:
     code = ("import numpy as np\ntry:\n    np.ones(1 << 30)\nexcept MemoryError:\n"
             "    print('refused')\nsmall = np.ones(1 << 20)\nprint('small ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, preexec_fn=functools.partial(_runner_preexec, 512 << 20))
+                         timeout=60, preexec_fn=functools.partial(runner_preexec, 512 << 20))
     assert out.stdout.split() == ["refused", "small", "ok"], out.stderr
 
 

@@ -16,6 +16,7 @@ from app.core.modelspec import ResolvedLayer
 from app.core.spec import JobSpec
 from workers.datasets import Dataset
 from workers.reporting import JobReporter
+from workers.training.replicas import Replicas
 
 # The spec's `framework` -> the module that implements `Framework` for it.
 FRAMEWORKS = {
@@ -43,8 +44,9 @@ class Framework(Protocol):
 
     def versions(self) -> dict[str, str]: ...
 
-    def setup(self, spec: JobSpec, device: str) -> Any:
-        """Use the device the worker verified and seed the framework; a device handle."""
+    def setup(self, spec: JobSpec, device: str, replicas: Replicas) -> Any:
+        """Use the device the worker verified (and, for a data-parallel job, join its
+        process group or spread over its devices) and seed the framework; a handle."""
         ...
 
     def make_backend(self, spec: JobSpec, data: Dataset, model_args: ModelArgs,

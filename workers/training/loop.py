@@ -85,6 +85,11 @@ class Backend(Protocol):
 
     def restore_weights(self, snapshot: Any) -> None: ...
 
+    def should_stop(self, requested: bool) -> bool:
+        """Whether to stop after this batch, given this process's flag (a data-parallel
+        backend makes every rank agree)."""
+        ...
+
 
 class TrainingLoop:
     """Runs a backend's epochs with the callbacks; the `Trainer` the callbacks see."""
@@ -163,7 +168,7 @@ class TrainingLoop:
             if self.log_every is not None:
                 self._log_step(epoch, batch, sums)
             self.callbacks.on_batch_end(self, batch)
-            if self.stop.is_set():
+            if self.backend.should_stop(self.stop.is_set()):
                 self.interrupted = (batch + 1, self.backend.to_host(total))
                 self.callbacks.on_interrupt(self, epoch, batch + 1)
                 raise StopRequested(self.stop.reason)

@@ -13,6 +13,7 @@ from workers.reporting import JobReporter
 from workers.runners import ModelArgs, preload
 from workers.runners.common import StopFlag, model_card, resume_from_latest
 from workers.training.loop import TrainingLoop
+from workers.training.replicas import ONE, Replicas
 
 
 def imported_frameworks() -> list[str]:
@@ -21,11 +22,13 @@ def imported_frameworks() -> list[str]:
 
 
 def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
-        extra_callbacks: Sequence[Callback] = (), onnx_fault: bool = False) -> None:
-    """Train spec on device (the one the worker verified) to the end, resuming from the
-    latest checkpoint, and store the model; extra_callbacks and onnx_fault are tests' faults."""
+        replicas: Replicas = ONE, extra_callbacks: Sequence[Callback] = (),
+        onnx_fault: bool = False) -> None:
+    """Train spec on device (the one the worker verified; replicas: this process's part of
+    a data-parallel job) to the end, resuming from the latest checkpoint, and store the
+    model (the leader); extra_callbacks and onnx_fault are tests' faults."""
     framework = preload(spec.framework)
-    handle = framework.setup(spec, device)
+    handle = framework.setup(spec, device, replicas)
     data = datasets.load(spec.dataset, fetch=dataset_cache.fetcher(reporter))
     mean, std = datasets.input_stats(data.x_train)
     y_mean = y_std = None
@@ -44,6 +47,8 @@ def run(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,
     reporter.event(f"training on {where}: {len(data.x_train)} training and {len(data.x_val)} "
                    "validation samples", details)
     loop.fit()
+    if not replicas.leader:
+        return
 
     notes = framework.export(spec, data, backend, model_args, reporter, onnx_fault)
     reporter.set_model_card({**model_card(spec, data, framework.versions(), framework.INPUT_NOTE),

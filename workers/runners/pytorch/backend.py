@@ -14,7 +14,9 @@ from torch import nn
 
 from app.core.spec import JobSpec, OptimizerSpec
 from workers.datasets import Dataset
+from workers.runners.pytorch.distributed import StopVote, all_sum
 from workers.training.loop import LoopState
+from workers.training.replicas import ONE, Replicas
 
 # The share of the GPU's free memory the dataset may take to be kept there whole;
 # a larger one stays in pinned host memory and is copied over a batch at a time.
@@ -86,11 +88,18 @@ class TorchBackend:
 
     Data larger than `data_budget_bytes` (default: data_budget) stays in pinned host
     memory instead and each batch is gathered there and copied without blocking.
+
+    Data-parallel (replicas.distributed): the model is wrapped in DistributedDataParallel;
+    every rank draws the same (seed, epoch) order, cuts each global batch of
+    `training.batch_size` into one contiguous share per rank, and scales its loss so that
+    DDP's mean of the ranks' gradients is the global batch's mean gradient (exact for an
+    uneven last batch too). Sums and the validation split are reduced across ranks at
+    the epoch's one host sync, so every rank sees the logs one process would.
     """
 
     def __init__(self, spec: JobSpec, model: nn.Module, dataset: Dataset, device: torch.device,
-                 data_budget_bytes: int | None = None) -> None:
-        self.spec, self.dataset, self.device = spec, dataset, device
+                 data_budget_bytes: int | None = None, replicas: Replicas = ONE) -> None:
+        self.spec, self.dataset, self.device, self.replicas = spec, dataset, device, replicas
         self.n_train, self.n_val = len(dataset.x_train), len(dataset.x_val)
         cuda = device.type == "cuda"
         self.model = model.to(device)
@@ -115,13 +124,31 @@ class TorchBackend:
         # Compile the model, not the step: the optimizer's per-epoch learning rate
         # would otherwise be a guard that recompiles every epoch.
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        self.vote: StopVote | None = None
+        if replicas.distributed:
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index or 0] if cuda else None)
+            self.vote = StopVote()
+        # This rank's rows of the validation split (all of it in one process).
+        self.val_rows = torch.tensor_split(torch.arange(self.n_val), replicas.procs)[replicas.rank]
+        # Evaluation calls the plain module: DDP's forward would sync buffers, and the
+        # ranks' validation shares may differ by a batch.
+        self.evaluate_forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         if spec.training.compile:
-            self.forward = torch.compile(self.model)
+            self.forward = torch.compile(self.forward)
+            self.evaluate_forward = (self.forward if not replicas.distributed
+                                     else torch.compile(self.model))
 
     def describe(self) -> tuple[str, dict[str, Any]]:
         """Where and with what it trains, for the job's events."""
-        return (f"{self.device} with torch {torch.__version__}",
-                {"device": str(self.device), "cpu_threads": torch.get_num_threads()})
+        where = f"{self.device} with torch {torch.__version__}"
+        details: dict[str, Any] = {"device": str(self.device),
+                                   "cpu_threads": torch.get_num_threads()}
+        if self.replicas.distributed:
+            where += (f", DistributedDataParallel over {self.replicas.procs} processes "
+                      f"({torch.distributed.get_backend()})")
+            details["replicas"] = self.replicas.procs
+        return where, details
 
     def _place(self, array: np.ndarray) -> torch.Tensor:
         """The array on the device, or pinned on the host when the data does not fit there."""
@@ -198,34 +225,48 @@ class TorchBackend:
 
     def begin_training(self) -> None: ...
 
+    def should_stop(self, requested: bool) -> bool:
+        return requested if self.vote is None else self.vote(requested)
+
     def end_training(self) -> None:
+        if self.vote is not None:
+            self.vote.settle()
         if self.channels_last:
             # Plain weights for the exports.
             self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
-    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
-        """Index batches in an order from (seed, epoch) only, so a resumed run sees the
-        same batches an uninterrupted one would have; the model is in training mode."""
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, int]]:
+        """(this rank's indices, the global batch's size) in an order from (seed, epoch)
+        only, so a resumed run sees the same batches an uninterrupted one would have; the
+        model is in training mode."""
         self.model.train()
         gen = torch.Generator().manual_seed(self.spec.training.seed * 1_000_003 + epoch)
         order = torch.randperm(self.n_train, generator=gen)
         if self.data_on_device:
             order = order.to(self.device, non_blocking=True)
         bs = self.spec.training.batch_size
+        procs, rank = self.replicas.procs, self.replicas.rank
         for start in range(0, len(order), bs):
-            yield order[start:start + bs]
+            batch = order[start:start + bs]
+            yield (batch if procs == 1 else torch.tensor_split(batch, procs)[rank]), len(batch)
 
     def zeros(self) -> torch.Tensor:
         return torch.zeros(1 + len(self.metrics), device=self.device, dtype=torch.float64)
 
+    def _global(self, total: torch.Tensor) -> torch.Tensor:
+        return all_sum(total) if self.replicas.distributed else total
+
     def to_host(self, total: torch.Tensor) -> torch.Tensor:
-        return total.detach().cpu()
+        """The sums over every rank (what the leader's checkpoint keeps)."""
+        return self._global(total.detach()).cpu()
 
     def to_device(self, saved: torch.Tensor) -> torch.Tensor:
-        return saved.to(self.device)
+        """A checkpoint's sums back: on the leader, so the ranks' sum is counted once."""
+        saved = saved.to(self.device)
+        return saved if self.replicas.leader else torch.zeros_like(saved)
 
     def values(self, total: torch.Tensor) -> list[float]:
-        return total.tolist()
+        return self._global(total).tolist()
 
     def _sums(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """[loss * n, metric sums...] for one batch, in float64."""
@@ -239,15 +280,24 @@ class TorchBackend:
                 sums.append(((out.float() - y) ** 2).mean(dim=1).sum().double())
         return torch.stack(sums)
 
-    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
+    def train_batch(self, batch: tuple[torch.Tensor, int]) -> torch.Tensor:
+        idx, global_size = batch
         xb, yb = self._gather(self.x_train, self.y_train, idx)
         with self._autocast():
             out = self.forward(xb)
             loss = self.loss_fn(out.float(), yb)
-        self.scaler.scale(loss).backward()
+        objective = loss
+        if self.replicas.distributed:
+            # DDP averages the ranks' gradients; weighting each share's mean by its size
+            # makes that average the global batch's mean (an empty share adds zeros).
+            objective = (loss * (len(idx) * self.replicas.procs / global_size) if len(idx)
+                         else out.sum() * 0.0)
+        self.scaler.scale(objective).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if not len(idx):
+            return self.zeros()  # an empty share: its mean loss is nan, its sums are 0
         return self._sums(loss.detach(), out.detach(), yb)
 
     @torch.no_grad()
@@ -255,11 +305,13 @@ class TorchBackend:
         self.model.eval()
         total = self.zeros()
         bs = max(self.spec.training.batch_size, 1024)
-        for start in range(0, self.n_val, bs):
-            xb, yb = self.x_val[start:start + bs], self.y_val[start:start + bs]
+        first, rows = (int(self.val_rows[0]), len(self.val_rows)) if len(self.val_rows) else (0, 0)
+        for start in range(first, first + rows, bs):
+            end = min(start + bs, first + rows)
+            xb, yb = self.x_val[start:end], self.y_val[start:end]
             if not self.data_on_device:
                 xb, yb = self._to_device(xb, yb)  # slices of pinned memory
             with self._autocast():
-                out = self.forward(xb)
+                out = self.evaluate_forward(xb)
             total += self._sums(self.loss_fn(out.float(), yb), out, yb)
         return total

@@ -15,7 +15,9 @@ from workers.runners import ModelArgs
 from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.pytorch.backend import TorchBackend, resolve_device
 from workers.runners.pytorch.build import build_model
+from workers.runners.pytorch.distributed import join_group
 from workers.runners.pytorch.export import onnx_bytes, safetensors_bytes, torchscript_bytes
+from workers.training.replicas import Replicas
 
 INPUT_NOTE = "torch.jit.load(path); model(x) with x as the dataset holds it, normalisation inside"
 
@@ -31,18 +33,22 @@ def out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
-def setup(spec: JobSpec, device: str) -> torch.device:
-    """Seed Python, NumPy and torch; the torch device for the verified one."""
+def setup(spec: JobSpec, device: str, replicas: Replicas) -> tuple[torch.device, Replicas]:
+    """Seed Python, NumPy and torch (every rank alike: the same initial weights); the torch
+    device for the verified one, after joining the job's process group when it has one."""
     random.seed(spec.training.seed)
     np.random.seed(spec.training.seed)
     torch.manual_seed(spec.training.seed)
-    return resolve_device(device)
+    resolved = resolve_device(device)
+    join_group(replicas, resolved)
+    return resolved, replicas
 
 
 def make_backend(spec: JobSpec, data: Dataset, model_args: ModelArgs,
-                 device: torch.device) -> TorchBackend:
-    """The model for model_args, on device, in a backend."""
-    return TorchBackend(spec, build_model(*model_args), data, device)
+                 place: tuple[torch.device, Replicas]) -> TorchBackend:
+    """The model for model_args, on the device, in a (data-parallel) backend."""
+    device, replicas = place
+    return TorchBackend(spec, build_model(*model_args), data, device, replicas=replicas)
 
 
 def export(spec: JobSpec, data: Dataset, backend: TorchBackend, model_args: ModelArgs,

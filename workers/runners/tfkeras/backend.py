@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -20,23 +21,41 @@ CHECKPOINT_FORMAT = "trainery.keras-checkpoint.v1"
 ADAM_EPSILON = 1e-8
 
 
-def configure_devices(device: str) -> Any | None:
-    """The GPU for the device the worker's check verified (memory growth on), or None for
-    the CPU.
+def configure_devices(device: str, slots: int = 1) -> Any | None:
+    """The (first) GPU for the device the worker's check verified (memory growth on), or
+    None for the CPU; a job on several slots gets that many GPUs, or as many logical CPU
+    devices (stand-ins for GPUs on a machine without them).
 
-    The worker sets CUDA_VISIBLE_DEVICES before the runner starts, so "cuda:N" is
-    this process's first visible GPU; "cpu" hides every GPU. This must run before
-    TensorFlow creates its runtime.
+    The worker sets CUDA_VISIBLE_DEVICES before the runner starts (a multi-slot job's:
+    its slots' GPUs), so "cuda:N" is this process's first visible GPU; "cpu" hides every
+    GPU. This must run before TensorFlow creates its runtime.
     """
     gpus = tf.config.list_physical_devices("GPU")
     if not device.startswith("cuda"):
         tf.config.set_visible_devices([], "GPU")
+        if slots > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(slots)])
         return None
-    if not gpus:
-        raise RuntimeError(f"the worker verified {device}, but TensorFlow sees no GPU")
-    tf.config.set_visible_devices(gpus[0], "GPU")
-    tf.config.experimental.set_memory_growth(gpus[0], True)
+    if len(gpus) < slots:
+        raise RuntimeError(f"the worker verified {device} and {slots} slots, but TensorFlow "
+                           f"sees {len(gpus)} GPU(s)")
+    tf.config.set_visible_devices(gpus[:slots], "GPU")
+    for gpu in gpus[:slots]:
+        tf.config.experimental.set_memory_growth(gpu, True)
     return gpus[0]
+
+
+def replica_strategy(slots: int) -> tf.distribute.Strategy | None:
+    """MirroredStrategy over the job's devices (None for one slot: the plain path)."""
+    if slots == 1:
+        return None
+    kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    devices = [d.name for d in tf.config.list_logical_devices(kind)][:slots]
+    # NCCL all-reduce is for GPUs; logical CPU devices reduce through one device.
+    ops = None if kind == "GPU" else tf.distribute.ReductionToOneDevice()
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)
 
 
 def data_device() -> str:
@@ -84,26 +103,36 @@ def l2_coefficient(spec: OptimizerSpec) -> float:
     return 0.0 if spec.name == "adamw" else spec.weight_decay
 
 
-def make_loss(name: str) -> keras.losses.Loss:
+def make_loss(name: str, reduction: str = "sum_over_batch_size") -> keras.losses.Loss:
     if name == "cross_entropy":
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
     return {"mse": keras.losses.MeanSquaredError, "mae": keras.losses.MeanAbsoluteError,
-            "huber": keras.losses.Huber}[name]()
+            "huber": keras.losses.Huber}[name](reduction=reduction)
 
 
 class KerasBackend:
-    """The loop's Keras side: tensors kept on the device, sums read once per epoch."""
+    """The loop's Keras side: tensors kept on the device, sums read once per epoch.
+
+    With a `strategy` (MirroredStrategy over a multi-slot job's devices, the model built
+    in its scope), each global batch of `training.batch_size` is cut into one share per
+    replica; each replica's loss is its share's sum over the global batch size, so the
+    summed gradients are the global batch's mean gradient, as in one process.
+    """
 
     def __init__(self, spec: JobSpec, model: keras.Model, dataset: Dataset,
-                 policy: str = "float32", precision_note: str = "") -> None:
+                 policy: str = "float32", precision_note: str = "",
+                 strategy: tf.distribute.Strategy | None = None) -> None:
         self.spec, self.model, self.dataset, self.policy = spec, model, dataset, policy
         self.precision_note = precision_note  # why the policy is not the spec's precision
+        self.strategy = strategy
         self.n_train, self.n_val = len(dataset.x_train), len(dataset.x_val)
         self.metrics = spec.metric_names()[1:]
-        self.optimizer = make_optimizer(spec.training.optimizer, policy)
-        self.optimizer.build(model.trainable_variables)
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            self.optimizer = make_optimizer(spec.training.optimizer, policy)
+            self.optimizer.build(model.trainable_variables)
         self.l2 = l2_coefficient(spec.training.optimizer)
         self.loss_fn = make_loss(spec.loss_name())
+        self.loss_sum = make_loss(spec.loss_name(), reduction="sum")
         with tf.device(data_device()):
             # Placed where the steps run, so a batch is gathered there, never copied per step.
             self.x_train, self.y_train = tf.identity(dataset.x_train), tf.identity(dataset.y_train)
@@ -111,16 +140,23 @@ class KerasBackend:
         jit = spec.training.compile
         x_spec = tf.TensorSpec([None, *dataset.sample_shape], self.x_train.dtype)
         y_spec = tf.TensorSpec([None, *dataset.y_train.shape[1:]], self.y_train.dtype)
-        self.train_batch = tf.function(self._train_step, jit_compile=jit,
-                                       input_signature=[tf.TensorSpec([None], tf.int32)])
+        self._step = tf.function(self._train_step, jit_compile=jit,
+                                 input_signature=[tf.TensorSpec([None], tf.int32)])
+        self._replicated_step = tf.function(self._replicated_steps)
         self.eval_step = tf.function(self._eval_step, jit_compile=jit,
                                      input_signature=[x_spec, y_spec])
 
     def describe(self) -> tuple[str, dict[str, Any]]:
         """Where and with what it trains, for the job's events."""
         device = data_device().lstrip("/")
-        return (f"{device} with tensorflow {tf.__version__} and keras {keras.__version__} "
-                f"({self.policy})", {"device": device, "policy": self.policy})
+        where = (f"{device} with tensorflow {tf.__version__} and keras {keras.__version__} "
+                 f"({self.policy})")
+        details: dict[str, Any] = {"device": device, "policy": self.policy}
+        if self.strategy is not None:
+            replicas = self.strategy.num_replicas_in_sync
+            where += f", MirroredStrategy over {replicas} devices"
+            details["replicas"] = replicas
+        return where, details
 
     # -- checkpoints -------------------------------------------------------
 
@@ -177,6 +213,9 @@ class KerasBackend:
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
 
+    def should_stop(self, requested: bool) -> bool:
+        return requested  # one process, even over several devices
+
     def begin_training(self) -> None: ...
 
     def end_training(self) -> None: ...
@@ -218,20 +257,46 @@ class KerasBackend:
                                                   tf.float64)))
         return tf.stack(sums)
 
-    def _train_step(self, idx: tf.Tensor) -> tf.Tensor:
+    def train_batch(self, idx: tf.Tensor) -> tf.Tensor:
+        """Train one global batch (on every replica); its sums."""
+        if self.strategy is None:
+            return self._step(idx)
+        shares = np.array_split(idx.numpy(), self.strategy.num_replicas_in_sync)
+        per_replica = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(shares[ctx.replica_id_in_sync_group]))
+        return self._replicated_step(per_replica, tf.constant(float(len(idx)), tf.float32))
+
+    def _replicated_steps(self, per_replica: Any, global_size: tf.Tensor) -> tf.Tensor:
+        assert self.strategy is not None
+        sums = self.strategy.run(self._train_step, args=(per_replica, global_size))
+        return self.strategy.reduce("SUM", sums, axis=None)
+
+    def _train_step(self, idx: tf.Tensor, global_size: tf.Tensor | None = None) -> tf.Tensor:
         x, y = tf.gather(self.x_train, idx), tf.gather(self.y_train, idx)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(x, training=True), tf.float32)
             loss = self.loss_fn(y, out)
             objective = loss
+            l2_share = 1.0
+            if global_size is not None:
+                # Replica gradients are summed: this share's part of the global mean
+                # (an empty share adds zeros, where its mean would be nan). Keras divides
+                # a mean loss by the replica count in a replica context: the reported
+                # loss is the share's own mean, from its sum.
+                share_sum = self.loss_sum(y, out)
+                objective = share_sum / global_size
+                loss = tf.math.divide_no_nan(share_sum, tf.cast(tf.shape(out)[0], tf.float32))
+                l2_share = 1.0 / self.strategy.num_replicas_in_sync  # type: ignore[union-attr]
             if self.l2:
-                objective += 0.5 * self.l2 * tf.add_n([tf.reduce_sum(tf.square(v))
-                                                       for v in variables])
+                objective += 0.5 * self.l2 * l2_share * tf.add_n(
+                    [tf.reduce_sum(tf.square(v)) for v in variables])
             scaled = self.optimizer.scale_loss(objective)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self._sums(loss, out, y)
+        sums = self._sums(loss, out, y)
+        return sums if global_size is None else tf.where(tf.shape(out)[0] > 0, sums,
+                                                        tf.zeros_like(sums))
 
     def _eval_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         out = tf.cast(self.model(x, training=False), tf.float32)
