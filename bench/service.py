@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import selectors
 import socket
 import tempfile
@@ -286,6 +287,7 @@ class SseRun:
     events: int
     statements_per_s: float
     get_during: Load | None
+    connected_s: float
 
 
 def sse(url: str, port: int, job_count: int, per_job: int, rate_per_job: float,
@@ -295,6 +297,7 @@ def sse(url: str, port: int, job_count: int, per_job: int, rate_per_job: float,
     on); then the jobs succeed and every follower must have got every event, once, in order."""
     factory = make_sessionmaker(make_engine(url))
     claimed = running_jobs(url, job_count)
+    connect_started = time.monotonic()
     followers = [Follower(port, job_id) for job_id, _ in claimed for _ in range(per_job)]
     stop = threading.Event()
     produced = [0]
@@ -313,7 +316,13 @@ def sse(url: str, port: int, job_count: int, per_job: int, rate_per_job: float,
     reader = threading.Thread(target=follow, args=(followers, reader_stop.is_set, 600),
                               daemon=True)
     reader.start()
-    time.sleep(2.0)  # every follower connected and has its backlog
+    # Connecting 1,000 followers is 1,000 admitted requests: wait until every one has its
+    # backlog, so the window below measures the steady state, and latencies count only
+    # events appended after a follower was there.
+    deadline = time.monotonic() + 300
+    while not all(f.ids for f in followers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    connected_s = time.monotonic() - connect_started
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     time.sleep(1.0)
@@ -349,7 +358,7 @@ def sse(url: str, port: int, job_count: int, per_job: int, rate_per_job: float,
     latencies = sorted(x for f in followers for x in f.latencies_s)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
     return SseRun(len(followers), not problems, problems[:5], p99, produced[0], per_s,
-                  get_during)
+                  get_during, connected_s)
 
 
 # -- the report -------------------------------------------------------------------
@@ -384,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dbs, args.sizes, args.requests, args.followers = "sqlite", "1000,10000", 1500, 200
         args.window_s = 5.0
     sizes = [int(s) for s in args.sizes.split(",")]
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     for kind in args.dbs.split(","):
         p99s: dict[int, tuple[float, float]] = {}
         for size in sizes:
@@ -417,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
                 growth = large[i] / small[i] if small[i] else 0.0
                 print(f"  {kind} {name}: p99 at {sizes[-1]} / at {sizes[0]} = {growth:.2f}x "
                       f"(<= {GROWTH_TARGET}) [{mark(growth <= GROWTH_TARGET)}]", flush=True)
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
 
 def run_sse(url: str, port: int, args: argparse.Namespace) -> None:
@@ -427,7 +438,8 @@ def run_sse(url: str, port: int, args: argparse.Namespace) -> None:
                   gets)
         runs.append(run)
         ok = run.delivered_ok and run.latency_p99_s <= EVENT_LATENCY_TARGET_S
-        print(f"  SSE {run.followers:>5} followers of {jobs_n} running jobs: {run.events} events "
+        print(f"  SSE {run.followers:>5} followers of {jobs_n} running jobs (all connected and "
+              f"served their backlog in {run.connected_s:.1f} s): {run.events} events "
               f"appended, every one delivered once in order to every follower: "
               f"{run.delivered_ok}; p99 event latency {run.latency_p99_s * 1000:.0f} ms "
               f"(<= {EVENT_LATENCY_TARGET_S * 1000:.0f}); API SQL statements "
