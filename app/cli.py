@@ -168,9 +168,12 @@ def queue_prefix() -> str:
     return os.environ.get("TRAINERY_QUEUE_PREFIX") or "trainery"
 
 
-def api_command(host: str, port: int) -> list[str]:
-    """The API server: uvicorn on app.main:app."""
-    return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
+def api_command(host: str, port: int, workers: int = 1) -> list[str]:
+    """The API server: uvicorn on app.main:app, in `workers` processes on one port."""
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
+    # uvicorn's own supervisor: it restarts a process that dies; each has its own
+    # pools, admission gate and event-stream readers (docs/ARCHITECTURE.md).
+    return [*argv, "--workers", str(workers)] if workers > 1 else argv
 
 
 def worker_command(name: str, queues: Sequence[str] = ("default",),
@@ -195,11 +198,14 @@ def _exec(argv: list[str], env: Mapping[str, str] | None = None) -> NoReturn:
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 Port = Annotated[int, typer.Option(envvar="TRAINERY_PORT", help="Port to listen on.")]
+ApiWorkers = Annotated[int, typer.Option(
+    "--workers", min=1, envvar="TRAINERY_API_WORKERS",
+    help="API processes serving the one port (uvicorn --workers).")]
 
 @server_app.command()
-def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Run the API server (uvicorn app.main:app)."""
-    _exec(api_command(host, port))
+def api(host: Host = "127.0.0.1", port: Port = 8000, workers: ApiWorkers = 1) -> None:
+    """Run the API server (uvicorn app.main:app), in --workers processes."""
+    _exec(api_command(host, port, workers))
 
 
 def fleet_command() -> list[str]:
@@ -306,7 +312,7 @@ def supervise(procs: dict[str, subprocess.Popen[bytes]]) -> int:
 
 
 @server_app.command()
-def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+def up(host: Host = "127.0.0.1", port: Port = 8000, workers: ApiWorkers = 1) -> None:
     """Run the whole service here: migrate the database, start the worker fleet and the API.
 
     The broker is TRAINERY_BROKER_URL if set, else Redis on 127.0.0.1:6379 (started if
@@ -329,7 +335,7 @@ def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     # Own sessions: a Ctrl-C reaches only us, and we pass on exactly one SIGTERM each.
     procs = {"worker": subprocess.Popen(fleet_command(), cwd=PROJECT_ROOT, env=env,
                                         start_new_session=True)}
-    procs["API"] = subprocess.Popen(api_command(host, port), cwd=PROJECT_ROOT, env=env,
+    procs["API"] = subprocess.Popen(api_command(host, port, workers), cwd=PROJECT_ROOT, env=env,
                                     start_new_session=True)
     typer.echo(f"up: API on http://{host}:{port} (docs at /docs); Ctrl-C stops both")
     code = supervise(procs)

@@ -10,12 +10,14 @@ from fastapi import FastAPI
 from app.api.admission import Admission
 from app.api.body_cap import BodyCap
 from app.api.errors import install_error_handlers
+from app.api.followers import EventHub
 from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
 from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker, writer
 from app.observability.logging import configure_logging, install_request_ids
-from app.observability.metrics import install_metrics
+from app.observability.metrics import count_statements, install_metrics
+from app.services.workers import FleetSnapshot
 from app.settings import Settings, get_settings
 from app.web.routes import install as install_web
 
@@ -31,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = settings or get_settings()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(s.resolved_database_url(), s.db_pool_size)
+        count_statements(engine)
         app.state.settings = s
         app.state.engine = engine
         app.state.write_engine = writer(engine)
@@ -42,9 +45,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.blobstore = open_store(app.state.sessionmaker, s)
         app.state.celery = make_celery(s)
+        app.state.event_hub = EventHub(app.state.sessionmaker)
+        app.state.event_hub.start()
+        app.state.fleet = FleetSnapshot(s.worker_lost_after_s)
         try:
             yield
         finally:
+            await app.state.event_hub.close()
             engine.dispose()
 
     app = FastAPI(title="Trainery", version="0.1.0", lifespan=lifespan,

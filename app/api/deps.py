@@ -11,26 +11,31 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.admission import Admission
+from app.api.followers import EventHub
 from app.blobstore import BlobStore
 from app.core.errors import Unauthorized
 from app.services import dispatch, keys
 from app.services.unit_of_work import UnitOfWork
+from app.services.workers import FleetSnapshot
 from app.settings import Settings
-from app.web.session import cookie_owner
+from app.web.session import COOKIE, cookie_owner
+
+# Dependencies that only read app.state are `async def`: FastAPI runs a plain `def`
+# dependency on the threadpool, a thread hop per dependency per request.
 
 # Methods whose unit of work only reads; the others take the write lock up front.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_sessionmaker(request: Request) -> sessionmaker[Session]:
+async def get_sessionmaker(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessionmaker  # type: ignore[no-any-return]
 
 
-def get_admission(request: Request) -> Admission:
+async def get_admission(request: Request) -> Admission:
     return request.app.state.admission  # type: ignore[no-any-return]
 
 
@@ -54,15 +59,24 @@ async def get_uow(request: Request) -> AsyncIterator[UnitOfWork]:
         await run_in_threadpool(dispatch.commit_and_wake, uow, state.celery, state.settings)
 
 
-def get_session(uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")]) -> Session:
+async def get_session(uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")]
+                      ) -> Session:
     return uow.session
 
 
-def get_blobstore(request: Request) -> BlobStore:
+async def get_event_hub(request: Request) -> EventHub:
+    return request.app.state.event_hub  # type: ignore[no-any-return]
+
+
+async def get_fleet(request: Request) -> FleetSnapshot:
+    return request.app.state.fleet  # type: ignore[no-any-return]
+
+
+async def get_blobstore(request: Request) -> BlobStore:
     return request.app.state.blobstore  # type: ignore[no-any-return]
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
@@ -84,13 +98,18 @@ def _owner(request: Request, settings: Settings, authorization: str | None,
     return owner
 
 
-def get_owner(request: Request, uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")],
-              settings: Annotated[Settings, Depends(get_settings)],
-              authorization: Annotated[str | None, Header()] = None) -> str:
+async def get_owner(request: Request,
+                    uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")],
+                    settings: Annotated[Settings, Depends(get_settings)],
+                    authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's identity, read in the request's own session: its token's owner, else
     the default owner; with TRAINERY_AUTH_REQUIRED a request without a valid token is refused."""
-    return _owner(request, settings, authorization,
-                  lambda token: keys.owner_for(uow.session, token))
+    def lookup(token: str) -> str | None:
+        return keys.owner_for(uow.session, token)
+
+    if authorization is None and COOKIE not in request.cookies:
+        return _owner(request, settings, None, lookup)  # no key to look up: no thread hop
+    return await run_in_threadpool(_owner, request, settings, authorization, lookup)
 
 
 async def get_uploader(request: Request, settings: Annotated[Settings, Depends(get_settings)],
@@ -119,6 +138,8 @@ UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 BlobStoreDep = Annotated[BlobStore, Depends(get_blobstore)]
+EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
+FleetDep = Annotated[FleetSnapshot, Depends(get_fleet)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 UploaderDep = Annotated[str, Depends(get_uploader)]

@@ -14,18 +14,20 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # workers import this module too; they need no FastAPI
-    from fastapi import FastAPI, Request, Response
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 FIELDS = ("request_id", "job_id", "attempt", "worker")
 _context: dict[str, ContextVar[Any]] = {name: ContextVar(name, default=None) for name in FIELDS}
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 # A caller's id is kept only if it is short and plain (it goes into every line).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # LogRecord's own attributes: everything else on a record is an extra field.
@@ -134,26 +136,55 @@ def configure_logging(component: str, fmt: str = "auto", level: int = logging.IN
     logging.getLogger("uvicorn.access").disabled = True  # replaced by the "request" line
 
 
-def install_request_ids(app: FastAPI) -> None:
+class RequestContext:
     """X-Request-ID (or a new id) on every request, its response and every line it causes,
-    and one "request" line per request with its duration."""
-    log = logging.getLogger("trainery.api")
+    and one "request" line per request with its duration (to the response's start).
 
-    @app.middleware("http")
-    async def request_context(request: Request,
-                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
+    Pure ASGI rather than Starlette's BaseHTTPMiddleware, which runs the app in a task
+    of its own and copies every response through a stream: a measured share of a
+    small request's cost (bench/service.py).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.log = logging.getLogger("trainery.api")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"]
+                      if k == _REQUEST_ID_KEY), "")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         started = time.perf_counter()
         status = 500
+        logged = False
+
+        def log_line() -> None:
+            nonlocal logged
+            logged = True
+            route = getattr(scope.get("route"), "path", None)
+            self.log.info("request", extra={
+                "method": scope["method"], "path": scope["path"], "route": route,
+                "status": status, "duration_s": round(time.perf_counter() - started, 6)})
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (_REQUEST_ID_KEY, request_id.encode("latin-1"))]
+                log_line()
+            await send(message)
+
         with bound(request_id=request_id):
             try:
-                response = await call_next(request)
-                status = response.status_code
-                response.headers[REQUEST_ID_HEADER] = request_id
-                return response
+                await self.app(scope, receive, send_with_id)
             finally:
-                route = getattr(request.scope.get("route"), "path", None)
-                log.info("request", extra={
-                    "method": request.method, "path": request.url.path, "route": route,
-                    "status": status, "duration_s": round(time.perf_counter() - started, 6)})
+                if not logged:  # the app failed before it answered
+                    log_line()
+
+
+def install_request_ids(app: FastAPI) -> None:
+    """Mount RequestContext on app."""
+    app.add_middleware(RequestContext)

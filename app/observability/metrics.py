@@ -13,11 +13,18 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -26,8 +33,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.states import TERMINAL_STATES, JobStatus
 from app.models import EpochMetrics, Job, JobEvent, WorkerRecord, utcnow
@@ -45,6 +53,20 @@ HTTP_REGISTRY = CollectorRegistry(auto_describe=True)
 HTTP_DURATION = Histogram(
     "trainery_http_request_duration_seconds", "HTTP requests by route template and status class",
     ["method", "route", "status_class"], buckets=HTTP_BUCKETS, registry=HTTP_REGISTRY)
+
+# A debug figure: how many statements this process sends (bench/service.py compares it
+# with 100 and 1,000 event-stream followers).
+DB_STATEMENTS = Counter(
+    "trainery_db_statements", "SQL statements this API process sent to the database",
+    registry=HTTP_REGISTRY)
+
+
+def count_statements(engine: Engine) -> None:
+    """Count every statement engine (and engines derived from it) sends in DB_STATEMENTS."""
+    def count(*_: Any) -> None:
+        DB_STATEMENTS.inc()
+
+    event.listen(engine, "before_cursor_execute", count)
 
 
 def _histogram(name: str, doc: str, buckets: tuple[float, ...], label: str,
@@ -178,24 +200,46 @@ def _status_class(code: int) -> str:
     return f"{code // 100}xx"
 
 
+class RequestTimer:
+    """Times every request, to its response's start, by route template and status class.
+
+    Pure ASGI (no BaseHTTPMiddleware: see app.observability.logging.RequestContext).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        observed = False
+
+        def observe(status: int) -> None:
+            nonlocal observed
+            observed = True
+            # The template, never the raw path: job ids must not become label values.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_DURATION.labels(scope["method"], template, _status_class(status)).observe(
+                time.perf_counter() - started)
+
+        async def send_timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                observe(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            if not observed:
+                observe(500)
+
+
 def install_metrics(app: FastAPI) -> None:
     """Time every request by its route template and serve `GET /metrics`."""
 
-    @app.middleware("http")
-    async def time_requests(request: Request,
-                            call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            # The template, never the raw path: job ids must not become label values.
-            template = getattr(route, "path", "unmatched")
-            HTTP_DURATION.labels(request.method, template, _status_class(status)).observe(
-                time.perf_counter() - started)
+    app.add_middleware(RequestTimer)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

@@ -7,6 +7,7 @@ import binascii
 import json
 import math
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -29,11 +30,14 @@ from app.core.estimate import EVAL_BATCH_MIN, DataShape, builtin_data, estimate
 from app.core.modelspec import resolve
 from app.core.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
 from app.core.states import JobStatus
-from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent
+from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent, WorkerRecord
 from app.schemas.jobs import JobError, JobPublic, Progress
 from app.services import datasets, lifecycle, workers
 from app.services.unit_of_work import UnitOfWork
 from app.settings import Limits
+
+# Where to_public reads the live fleet from (workers.FleetSnapshot; default: the store).
+Fleet = Callable[[Session], list[WorkerRecord]]
 
 
 class IdempotencyMismatch(InvalidInput):
@@ -241,15 +245,17 @@ def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
     return jobs[:limit], next_cursor
 
 
-def to_public(session: Session, job: Job, lost_after_s: float = 30.0) -> JobPublic:
+def to_public(session: Session, job: Job, lost_after_s: float = 30.0,
+              fleet: Fleet | None = None) -> JobPublic:
     """The job as the API shows it."""
-    return to_public_page(session, [job], lost_after_s)[0]
+    return to_public_page(session, [job], lost_after_s, fleet)[0]
 
 
-def to_public_page(session: Session, jobs: list[Job], lost_after_s: float = 30.0
-                   ) -> list[JobPublic]:
-    """Jobs as the API shows them; pending reasons for the whole page in a fixed few queries."""
-    reasons = workers.pending_reasons(session, jobs, lost_after_s)
+def to_public_page(session: Session, jobs: list[Job], lost_after_s: float = 30.0,
+                   fleet: Fleet | None = None) -> list[JobPublic]:
+    """Jobs as the API shows them; pending reasons for the whole page in a fixed few queries
+    (fleet: where the live fleet comes from, e.g. a process's workers.FleetSnapshot)."""
+    reasons = workers.pending_reasons(session, jobs, lost_after_s, fleet)
     return [_public(job, reasons.get(job.id)) for job in jobs]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -75,12 +77,36 @@ def live(session: Session, lost_after_s: float, viewer: str | None = None) -> li
     return rows
 
 
-def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> dict[str, str]:
+class FleetSnapshot:
+    """The live fleet as one process last read it, read again once it is max_age_s old.
+
+    Pending reasons need the fleet on every poll of a queued job; the fleet
+    changes at heartbeat pace, so an API process shares one reading among all
+    the polls of a second instead of two statements each. Thread-safe enough:
+    two threads that find it stale both read, and either reading is kept.
+    """
+
+    def __init__(self, lost_after_s: float, max_age_s: float = 1.0) -> None:
+        self.lost_after_s = lost_after_s
+        self.max_age_s = max_age_s
+        self._reading: tuple[float, list[WorkerRecord]] | None = None
+
+    def __call__(self, session: Session) -> list[WorkerRecord]:
+        now = time.monotonic()
+        if self._reading is None or now - self._reading[0] > self.max_age_s:
+            self._reading = (now, live(session, self.lost_after_s))
+        return self._reading[1]
+
+
+def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float,
+                    fleet: Callable[[Session], list[WorkerRecord]] | None = None
+                    ) -> dict[str, str]:
     """Why each queued job of jobs waits, in words a person can act on; three statements.
 
     One window query ranks every queued job of the page's queues (priority,
-    then age), one reads the live fleet (and one per queue with multi-slot jobs, their
-    hosts' free slots): a page of 50 costs what a page of 1 does.
+    then age), one reads the live fleet (or fleet, a FleetSnapshot, gives it; and one
+    per queue with multi-slot jobs, their hosts' free slots): a page of 50 costs what a
+    page of 1 does.
     """
     queued = [j for j in jobs if j.status == JobStatus.QUEUED.value]
     if not queued:
@@ -94,7 +120,7 @@ def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> d
     positions = dict(session.execute(
         select(ranked.c.id, ranked.c.position)
         .where(ranked.c.id.in_([j.id for j in queued]))).tuples().all())
-    fleet = live(session, lost_after_s)
+    workers = fleet(session) if fleet is not None else live(session, lost_after_s)
     reasons = {}
     hosts: dict[str, dict[str, slots.Host]] = {}  # per queue: one more statement for gangs
     for j in queued:
@@ -104,7 +130,7 @@ def pending_reasons(session: Session, jobs: list[Job], lost_after_s: float) -> d
                 hosts[j.queue] = slots.hosts(session, j.queue, lost_after_s)
             reasons[j.id] = slots.gang_reason(need, j.queue, hosts[j.queue])
         else:
-            reasons[j.id] = _reason(j.queue, max(int(positions.get(j.id, 1)) - 1, 0), fleet)
+            reasons[j.id] = _reason(j.queue, max(int(positions.get(j.id, 1)) - 1, 0), workers)
     return reasons
 
 

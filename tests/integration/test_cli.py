@@ -317,8 +317,10 @@ def test_worker_and_api_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runner.invoke(server_app, ["worker", "--gpu", "1", "--queue", "default",
                                "--queue", "big"]).exit_code == 0
     assert runner.invoke(server_app, ["api", "--port", "9001"]).exit_code == 0
-    (worker_argv, worker_env), (api_argv, _) = ran[:2]
-    del ran[:2]
+    assert runner.invoke(server_app, ["api", "--workers", "3"]).exit_code == 0
+    (worker_argv, worker_env), (api_argv, _), (several_argv, _) = ran[:3]
+    del ran[:3]
+    assert several_argv[-2:] == ["--workers", "3"]
     assert worker_argv == worker_command("gpu1", ["default", "big"])
     fleet = runner.invoke(server_app, ["worker", "--gpus", "0,2", "--queue", "gpu.a100"])
     assert fleet.exit_code == 0
@@ -345,13 +347,28 @@ def test_broker_choice_falls_back_to_the_embedded_one(monkeypatch: pytest.Monkey
     assert url == f"sqla+sqlite:///{tmp_path}/broker.db" and "embedded" in why
 
 
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+            and _ppid(p) == pid]
+
+
+def _ppid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def test_up_runs_migrations_a_worker_and_the_api(tmp_path: Path) -> None:
+    """`up --workers 2`: two API processes on one port; requests and a live follow work
+    through them."""
     port = free_port()
     env = {**os.environ, "TRAINERY_DATA_DIR": str(tmp_path / "var"),
            "TRAINERY_BROKER_URL": "", "TRAINERY_DATABASE_URL": "",
            "TRAINERY_QUEUE_PREFIX": f"up{port}", "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "up.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--port", str(port),
+                             "--workers", "2"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -365,9 +382,19 @@ def test_up_runs_migrations_a_worker_and_the_api(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.3)
+        uvicorn = [c for c in _children(proc.pid)
+                   if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        servers = [c for c in _children(uvicorn[0])  # not multiprocessing's resource tracker
+                   if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(uvicorn) == 1 and len(servers) == 2
         with Client(url) as sdk:
-            job = sdk.submit(tiny_spec(name="via-up", epochs=1))
-            assert sdk.wait(job.id, timeout=90).status == "succeeded"
+            job = sdk.submit(tiny_spec(name="via-up", epochs=2))
+            events = list(sdk.follow(job.id, timeout=90))
+            assert events[-1].to_status == "succeeded"
+            assert [e.id for e in events] == [e.id for e in sdk.events(job.id)]
+        for _ in range(10):  # fresh connections: either process may take each
+            assert httpx.get(f"{url}/v1/jobs/{job.id}", timeout=10).json()["status"] == \
+                "succeeded"
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)

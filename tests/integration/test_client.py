@@ -9,6 +9,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,45 @@ def test_event_stream_resumes_after_last_event_id_and_ends(digits_run: Run, sdk:
         body = response.read().decode()
     assert body.startswith(f"id: {events[-1].id}\nevent: state\n")
     assert body.endswith("event: end\ndata: {}\n\n")
+
+
+def _follow_ids(url: str, job_id: str, last_event_id: int | None = None,
+               stop_after: int | None = None) -> tuple[list[int], bool]:
+    """The event ids one raw SSE follower gets, and whether the stream said `end`."""
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    ids: list[int] = []
+    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", headers=headers,
+                      timeout=FOLLOW_S) as response:
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                ids.append(int(line[4:]))
+                if stop_after is not None and len(ids) == stop_after:
+                    return ids, False  # hang up mid-stream
+            elif line == "event: end":
+                return ids, True
+    return ids, False
+
+
+def test_many_followers_each_get_every_event_once_in_order(stack: Stack, sdk: Client) -> None:
+    """60 followers of one running job share the API's one reader of it (app/api/followers.py):
+    each gets every event exactly once, in order, then `end`; ten of them hang up after
+    three events and resume with Last-Event-ID, and end up with the same sequence."""
+    job = sdk.submit(tiny_spec(name="fan-out", epochs=4))
+    with ThreadPoolExecutor(max_workers=70) as pool:
+        whole = [pool.submit(_follow_ids, stack.url, job.id) for _ in range(60)]
+        first = [pool.submit(_follow_ids, stack.url, job.id, None, 3) for _ in range(10)]
+        resumed = [pool.submit(_follow_ids, stack.url, job.id, f.result()[0][-1])
+                   for f in first]
+        results = [f.result() for f in whole]
+        rest = [f.result() for f in resumed]
+    expected = [e.id for e in sdk.events(job.id)]
+    assert sdk.get(job.id).status == "succeeded" and len(expected) > 5
+    for ids, ended in results:
+        assert ended and ids == expected
+    for head, (tail, ended) in zip((f.result()[0] for f in first), rest, strict=True):
+        assert ended and head + tail == expected
 
 
 def test_follow_resumes_across_an_api_restart(stack: Stack) -> None:

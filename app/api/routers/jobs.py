@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -13,12 +12,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import (
     BlobStoreDep,
+    EventHubDep,
+    FleetDep,
     OwnerDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
     UnitOfWorkDep,
 )
+from app.api.followers import EventHub, Frame, read_after, wait
 from app.blobstore import BlobInfo
 from app.core.errors import InvalidInput, ModelNotReady, problem
 from app.core.spec import JobSpec
@@ -27,11 +29,11 @@ from app.core.strict import INT64_MAX
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
 from app.services import jobs as job_service
 from app.services import steps as step_service
+from app.services.jobs import Fleet
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
 
@@ -67,7 +69,7 @@ def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep,
+def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep, fleet: FleetDep,
               status: str | None = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
               cursor: str | None = None) -> JobsPublic:
@@ -75,19 +77,20 @@ def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep,
     page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
                                               cursor=cursor)
     return JobsPublic(data=job_service.to_public_page(session, page,
-                                                      settings.worker_lost_after_s),
+                                                      settings.worker_lost_after_s, fleet),
                       next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep,
-            settings: SettingsDep) -> JobPublic:
-    return _public(session, job_id, owner, settings)
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep,
+            fleet: FleetDep) -> JobPublic:
+    return _public(session, job_id, owner, settings, fleet)
 
 
-def _public(session: Session, job_id: str, owner: str, settings: Settings) -> JobPublic:
+def _public(session: Session, job_id: str, owner: str, settings: Settings,
+            fleet: Fleet | None = None) -> JobPublic:
     job = job_service.get_job(session, job_id, owner)
-    return job_service.to_public(session, job, settings.worker_lost_after_s)
+    return job_service.to_public(session, job, settings.worker_lost_after_s, fleet)
 
 
 @router.get("/{job_id}/metrics")
@@ -111,7 +114,8 @@ def _event_public(event: Any) -> EventPublic:
 
 @router.get("/{job_id}/events", response_model=list[EventPublic])
 def get_events(job_id: str, request: Request, session: SessionDep, factory: SessionFactoryDep,
-               owner: OwnerDep, after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+               hub: EventHubDep, owner: OwnerDep,
+               after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
                last_event_id: Annotated[str | None, Header()] = None) -> Any:
     """State changes and log lines in order; `Accept: text/event-stream` follows them live."""
     job = job_service.get_job(session, job_id, owner)
@@ -125,41 +129,41 @@ def get_events(job_id: str, request: Request, session: SessionDep, factory: Sess
                                         f"service sent (ids are at most {INT64_MAX})",
                                         "less_than_equal")])
         start = max(start, int(last_event_id))
-    # The stream outlives the request's unit of work: it polls in short sessions.
-    return StreamingResponse(_event_stream(factory, job_id, owner, start, request),
+    # The stream outlives the request's unit of work: it follows the job's shared feed.
+    return StreamingResponse(_event_stream(hub, factory, job_id, start),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _poll_events(factory: sessionmaker[Session], job_id: str, owner: str,
-                 after: int) -> tuple[list[EventPublic], bool]:
-    # A short session per poll: an idle follower holds no database connection.
+def _catch_up(factory: sessionmaker[Session], job_id: str, after: int) -> list[Frame]:
+    # A short session: an idle follower holds no database connection.
     with factory() as session:
-        job = job_service.get_job(session, job_id, owner)
-        batch = [_event_public(e) for e in job_service.events(session, job, after)]
-        return batch, JobStatus(job.status).is_terminal
+        return read_after(session, job_id, after)
 
 
-async def _event_stream(factory: sessionmaker[Session], job_id: str, owner: str, after: int,
-                        request: Request) -> AsyncIterator[str]:
-    idle = 0.0
-    while True:
-        batch, finished = await run_in_threadpool(_poll_events, factory, job_id, owner, after)
-        for event in batch:
-            after = event.id
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
-        if batch:
-            idle = 0.0
-        if finished and not batch:
-            yield "event: end\ndata: {}\n\n"
-            return
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(SSE_POLL_S)
-        idle += SSE_POLL_S
-        if idle >= SSE_KEEPALIVE_S:
-            idle = 0.0
-            yield ": keep-alive\n\n"
+async def _event_stream(hub: EventHub, factory: sessionmaker[Session], job_id: str,
+                        after: int) -> AsyncIterator[str]:
+    """Every event after `after` once, in order; keep-alives while idle; `end` once the job
+    has finished and its last event was sent. A client that goes away cancels this
+    (Starlette listens for the disconnect), which leaves the feed."""
+    async with hub.follow(job_id) as feed:
+        while True:
+            signal = feed.signal  # taken before reading: a change while we send wakes us
+            frames = feed.since(after)
+            if frames is None and feed.covered_after is not None:
+                frames = await run_in_threadpool(_catch_up, factory, job_id, after)
+                if not frames:  # nothing between the cursor and what the feed holds
+                    after = feed.covered_after
+                    continue
+            if frames:
+                after = frames[-1].id
+                yield "".join(f.text for f in frames)
+                continue
+            if feed.finished:
+                yield "event: end\ndata: {}\n\n"
+                return
+            if not await wait(signal, SSE_KEEPALIVE_S):
+                yield ": keep-alive\n\n"
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic])

@@ -1,0 +1,461 @@
+"""The API under load: pollers of one job and of the job list, and SSE followers.
+
+Starts a real API (bench/stack.py: uvicorn on a loopback port) on a store seeded
+through the service's own code (one job submitted by app.services.jobs.submit, then
+copied in bulk through the ORM's insert: the older ones finished, the newest
+QUEUED_TAIL queued, as a busy service's history looks), and loads it from this
+process with plain keep-alive http.client connections on threads (the load
+generator; httpx's async client topped out near 100 requests/s here).
+
+For each database and store size it prints, in one run and side by side:
+`GET /healthz`, `GET /v1/jobs/{id}` (a queued job: its pending reason is computed)
+and `GET /v1/jobs` (the first page), each with p50/p99, the request rate and its
+ratio to /healthz, against the targets (p99 <= 50 ms, >= 0.5x /healthz, 0 errors,
+p99 at the largest store <= 1.5x p99 at the smallest). Then, on the smallest store,
+SSE: FOLLOWERS followers of FOLLOWED running jobs while this process appends log
+events through app.services.lifecycle; every follower must get every event once,
+in order, then `end`; p99 event latency (event ts -> received) <= 1 s; the API's
+SQL statements per second (its trainery_db_statements counter) with a tenth of the
+followers and with all of them; and GET /v1/jobs/{id} p99 under the same load.
+
+    python -m bench.service [--dbs sqlite,postgres] [--sizes 1000,100000]
+                            [--requests 4000] [--followers 1000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import selectors
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import insert, select
+
+from app.core.spec import JobSpec
+from app.core.states import JobStatus
+from app.db import make_engine, make_sessionmaker, migrate, transaction
+from app.models import Job, utcnow
+from app.services import jobs, lifecycle
+from app.services.unit_of_work import UnitOfWork
+from app.settings import get_settings
+from bench.stack import Stack, create_postgres_database, drop_postgres_database
+
+OWNER = "default"  # the stack's default owner: requests carry no key
+QUEUED_TAIL = 20
+P99_TARGET_MS = 50.0
+RATE_TARGET = 0.5
+GROWTH_TARGET = 1.5
+EVENT_LATENCY_TARGET_S = 1.0
+SPEC = {"name": "seed", "framework": "pytorch", "dataset": {"builtin": "iris"},
+        "model": {"preset": "mlp"}, "training": {"epochs": 3, "batch_size": 16}}
+
+
+# -- the store ----------------------------------------------------------------
+
+@contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    """A fresh, migrated database of kind (sqlite or postgres): its URL."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp / 'trainery.db'}"
+        migrate(url)
+        yield url
+        return
+    url = create_postgres_database()
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+def seed(url: str, n: int) -> str:
+    """n jobs: one submitted through the job service, the rest its copies; a queued job's id."""
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    settings = get_settings()
+    try:
+        with transaction(factory) as session:
+            template, _ = jobs.submit(UnitOfWork(session), JobSpec.model_validate(SPEC),
+                                      owner=OWNER, limits=settings.limits, idempotency_key=None)
+            columns = {c.key: getattr(template, c.key) for c in Job.__table__.columns}
+        start = utcnow() - timedelta(days=30)
+        rows = []
+        for i in range(n - 1):
+            queued = i >= n - 1 - QUEUED_TAIL
+            status = (JobStatus.QUEUED if queued else
+                      JobStatus.FAILED if i % 10 == 0 else JobStatus.SUCCEEDED).value
+            created = start + timedelta(seconds=i)
+            rows.append({**columns, "id": f"{columns['id'][:-8]}{i:08d}", "name": f"seed-{i}",
+                         "status": status, "created_at": created, "updated_at": created,
+                         "finished_at": None if queued else created + timedelta(seconds=5)})
+        for chunk in range(0, len(rows), 5000):
+            with transaction(factory) as session:
+                session.execute(insert(Job), rows[chunk:chunk + 5000])
+        with factory() as session:
+            newest = session.scalar(select(Job.id).where(Job.status == JobStatus.QUEUED.value)
+                                    .order_by(Job.created_at.desc()).limit(1))
+        assert newest is not None
+        return newest
+    finally:
+        engine.dispose()
+
+
+# -- the load generator: keep-alive connections on threads -----------------------
+
+@dataclass
+class Load:
+    """What one load phase measured."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    errors: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies_s) / self.wall_s if self.wall_s else 0.0
+
+    def p(self, q: float) -> float:
+        """Latency quantile q in ms."""
+        ordered = sorted(self.latencies_s)
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def load(port: int, path: str, connections: int, requests: int, max_s: float) -> Load:
+    """GET path `requests` times (or for max_s) over `connections` keep-alive connections."""
+    result = Load()
+    lock = threading.Lock()
+    left = [requests]
+    deadline = time.monotonic() + max_s
+    barrier = threading.Barrier(connections + 1)
+
+    def poller() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        mine: list[float] = []
+        errors = 0
+        barrier.wait()
+        while time.monotonic() < deadline:
+            with lock:
+                if left[0] <= 0:
+                    break
+                left[0] -= 1
+            started = time.perf_counter()
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    errors += 1
+                    continue
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                continue
+            mine.append(time.perf_counter() - started)
+        conn.close()
+        with lock:
+            result.latencies_s.extend(mine)
+            result.errors += errors
+
+    threads = [threading.Thread(target=poller, daemon=True) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def statements(port: int) -> float:
+    """The API process's trainery_db_statements_total."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("trainery_db_statements_total"))
+
+
+# -- SSE followers: one selector, raw sockets ------------------------------------
+
+class Follower:
+    """One event stream read off a raw socket: HTTP/1.1 chunked, then SSE frames."""
+
+    def __init__(self, port: int, job_id: str) -> None:
+        self.job_id = job_id
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        self.sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: bench\r\n"
+                          "Accept: text/event-stream\r\n\r\n".encode())
+        self.raw = b""
+        self.headers_done = False
+        self.body = b""
+        self.ids: list[int] = []
+        self.latencies_s: list[float] = []
+        self.ended = False
+        self.status = 0
+
+    def feed(self, data: bytes, now: float) -> None:
+        self.raw += data
+        if not self.headers_done:
+            head, sep, rest = self.raw.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            self.status = int(head.split(b" ", 2)[1])
+            self.headers_done, self.raw = True, rest
+        while True:  # chunked transfer encoding
+            size_line, sep, rest = self.raw.partition(b"\r\n")
+            if not sep:
+                break
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                break
+            self.body += rest[:size]
+            self.raw = rest[size + 2:]
+            if size == 0:
+                self.ended = True
+        while b"\n\n" in self.body:
+            frame, _, self.body = self.body.partition(b"\n\n")
+            self._frame(frame.decode(), now)
+
+    def _frame(self, frame: str, now: float) -> None:
+        fields = dict(line.split(": ", 1) for line in frame.splitlines()
+                      if ": " in line and not line.startswith(":"))
+        if fields.get("event") == "end":
+            self.ended = True
+        elif "id" in fields:
+            self.ids.append(int(fields["id"]))
+            data = json.loads(fields["data"])
+            if data["message"].startswith("bench-t "):
+                self.latencies_s.append(now - float(data["message"].split()[1]))
+
+
+def follow(followers: list[Follower], until: Callable[[], bool], max_s: float) -> None:
+    """Read every follower's socket until until() or max_s."""
+    selector = selectors.DefaultSelector()
+    for each in followers:
+        selector.register(each.sock, selectors.EVENT_READ, each)
+    deadline = time.monotonic() + max_s
+    while not until() and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=0.2):
+            f: Follower = key.data
+            data = f.sock.recv(65536)
+            if not data:
+                f.ended = True
+                selector.unregister(f.sock)
+                continue
+            f.feed(data, time.time())
+    selector.close()
+
+
+def running_jobs(url: str, n: int) -> list[tuple[str, int]]:
+    """n jobs submitted through the service and claimed, as a worker would: (id, attempt)."""
+    factory = make_sessionmaker(make_engine(url))
+    settings = get_settings()
+    claimed = []
+    with transaction(factory) as session:
+        for i in range(n):
+            spec = JobSpec.model_validate({**SPEC, "name": f"followed-{i}"})
+            job, _ = jobs.submit(UnitOfWork(session), spec, owner=OWNER,
+                                 limits=settings.limits, idempotency_key=None)
+            session.flush()
+            attempt = lifecycle.claim(session, job.id, "bench")
+            assert attempt is not None
+            claimed.append((job.id, attempt))
+    return claimed
+
+
+@dataclass
+class SseRun:
+    followers: int
+    delivered_ok: bool
+    problems: list[str]
+    latency_p99_s: float
+    events: int
+    statements_per_s: float
+    get_during: Load | None
+    connected_s: float
+
+
+def sse(url: str, port: int, job_count: int, per_job: int, rate_per_job: float,
+        window_s: float, get_requests: int) -> SseRun:
+    """per_job followers on each of job_count running jobs; events appended at
+    rate_per_job a job a second for the window (then GET load, if asked, while they go
+    on); then the jobs succeed and every follower must have got every event, once, in order."""
+    factory = make_sessionmaker(make_engine(url))
+    claimed = running_jobs(url, job_count)
+    connect_started = time.monotonic()
+    followers = [Follower(port, job_id) for job_id, _ in claimed for _ in range(per_job)]
+    stop = threading.Event()
+    produced = [0]
+
+    def produce() -> None:
+        interval = 1.0 / rate_per_job
+        while not stop.is_set():
+            with transaction(factory) as session:
+                for job_id, attempt in claimed:
+                    lifecycle.add_event(session, job_id, f"bench-t {time.time():.6f}",
+                                        attempt=attempt)
+            produced[0] += len(claimed)
+            stop.wait(interval)
+
+    reader_stop = threading.Event()
+    reader = threading.Thread(target=follow, args=(followers, reader_stop.is_set, 600),
+                              daemon=True)
+    reader.start()
+    # Connecting 1,000 followers is 1,000 admitted requests: wait until every one has its
+    # backlog, so the window below measures the steady state, and latencies count only
+    # events appended after a follower was there.
+    deadline = time.monotonic() + 300
+    while not all(f.ids for f in followers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    connected_s = time.monotonic() - connect_started
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    time.sleep(1.0)
+    before, started = statements(port), time.monotonic()
+    time.sleep(window_s)
+    per_s = (statements(port) - before) / (time.monotonic() - started)
+    get_during = (load(port, f"/v1/jobs/{claimed[0][0]}", 64, get_requests, 60)
+                  if get_requests else None)
+    stop.set()
+    producer.join()
+    with transaction(factory) as session:
+        for job_id, attempt in claimed:
+            lifecycle.transition(session, job_id, [JobStatus.RUNNING], JobStatus.SUCCEEDED,
+                                 "bench done", expect_attempt=attempt)
+    deadline = time.monotonic() + 60
+    while not all(f.ended for f in followers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    reader_stop.set()
+    reader.join()
+    problems = []
+    expected: dict[str, list[int]] = {}
+    for job_id, _ in claimed:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", f"/v1/jobs/{job_id}/events")
+        expected[job_id] = [e["id"] for e in json.loads(conn.getresponse().read())]
+        conn.close()
+    for f in followers:
+        if f.status != 200 or not f.ended or f.ids != expected[f.job_id]:
+            problems.append(f"follower of {f.job_id}: status {f.status}, ended {f.ended}, "
+                            f"{len(f.ids)} of {len(expected[f.job_id])} events")
+    for f in followers:
+        f.sock.close()
+    latencies = sorted(x for f in followers for x in f.latencies_s)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
+    return SseRun(len(followers), not problems, problems[:5], p99, produced[0], per_s,
+                  get_during, connected_s)
+
+
+# -- the report -------------------------------------------------------------------
+
+def mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report_get(name: str, run: Load, health: Load) -> None:
+    ratio = run.rate / health.rate if health.rate else 0.0
+    ok = run.p(0.99) <= P99_TARGET_MS and ratio >= RATE_TARGET and run.errors == 0
+    print(f"  {name:<22} p50 {run.p(0.5):6.1f} ms  p99 {run.p(0.99):6.1f} ms (<= {P99_TARGET_MS:g})"
+          f"  {run.rate:7.0f} req/s = {ratio:4.2f}x healthz (>= {RATE_TARGET})"
+          f"  errors {run.errors}  [{mark(ok)}]", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dbs", default="sqlite,postgres")
+    parser.add_argument("--sizes", default="1000,100000")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=4000, help="per GET phase")
+    parser.add_argument("--max-s", type=float, default=30.0, help="per GET phase")
+    parser.add_argument("--followers", type=int, default=1000)
+    parser.add_argument("--followed-jobs", type=int, default=10)
+    parser.add_argument("--event-rate", type=float, default=2.0, help="events/s per job")
+    parser.add_argument("--window-s", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true",
+                        help="SQLite, 1k and 10k jobs, 1,500 requests, 200 followers")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.dbs, args.sizes, args.requests, args.followers = "sqlite", "1000,10000", 1500, 200
+        args.window_s = 5.0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+    for kind in args.dbs.split(","):
+        p99s: dict[int, tuple[float, float]] = {}
+        for size in sizes:
+            with tempfile.TemporaryDirectory(prefix="trainery-bench-") as tmp, \
+                    database(kind, Path(tmp)) as url:
+                t0 = time.perf_counter()
+                job_id = seed(url, size)
+                print(f"{kind}, {size} jobs (seeded in {time.perf_counter() - t0:.1f} s), "
+                      f"{args.connections} keep-alive pollers:", flush=True)
+                stack = Stack(url, Path(tmp))
+                stack.start_api()
+                try:
+                    phase = (args.connections, args.requests, args.max_s)
+                    load(stack.port, "/healthz", 8, 200, 10)  # warm up
+                    health = load(stack.port, "/healthz", *phase)
+                    one = load(stack.port, f"/v1/jobs/{job_id}", *phase)
+                    page = load(stack.port, "/v1/jobs", *phase)
+                    print(f"  {'GET /healthz':<22} p50 {health.p(0.5):6.1f} ms  p99 "
+                          f"{health.p(0.99):6.1f} ms  {health.rate:7.0f} req/s  "
+                          f"errors {health.errors}", flush=True)
+                    report_get("GET /v1/jobs/{id}", one, health)
+                    report_get("GET /v1/jobs (page 1)", page, health)
+                    p99s[size] = (one.p(0.99), page.p(0.99))
+                    if size == sizes[0]:
+                        run_sse(url, stack.port, args)
+                finally:
+                    stack.stop()
+        if len(sizes) > 1:
+            small, large = p99s[sizes[0]], p99s[sizes[-1]]
+            for i, name in enumerate(("GET /v1/jobs/{id}", "GET /v1/jobs (page 1)")):
+                growth = large[i] / small[i] if small[i] else 0.0
+                print(f"  {kind} {name}: p99 at {sizes[-1]} / at {sizes[0]} = {growth:.2f}x "
+                      f"(<= {GROWTH_TARGET}) [{mark(growth <= GROWTH_TARGET)}]", flush=True)
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+
+
+def run_sse(url: str, port: int, args: argparse.Namespace) -> None:
+    jobs_n = args.followed_jobs
+    runs = []
+    for total, gets in ((args.followers // 10, 0), (args.followers, args.requests)):
+        run = sse(url, port, jobs_n, max(1, total // jobs_n), args.event_rate, args.window_s,
+                  gets)
+        runs.append(run)
+        ok = run.delivered_ok and run.latency_p99_s <= EVENT_LATENCY_TARGET_S
+        print(f"  SSE {run.followers:>5} followers of {jobs_n} running jobs (all connected and "
+              f"served their backlog in {run.connected_s:.1f} s): {run.events} events "
+              f"appended, every one delivered once in order to every follower: "
+              f"{run.delivered_ok}; p99 event latency {run.latency_p99_s * 1000:.0f} ms "
+              f"(<= {EVENT_LATENCY_TARGET_S * 1000:.0f}); API SQL statements "
+              f"{run.statements_per_s:.1f}/s [{mark(ok)}]", flush=True)
+        for problem in run.problems:
+            print(f"    {problem}")
+        if run.get_during is not None:
+            g = run.get_during
+            print(f"  GET /v1/jobs/{{id}} meanwhile: p99 {g.p(0.99):.1f} ms "
+                  f"(<= {P99_TARGET_MS:g}), {g.rate:.0f} req/s, errors {g.errors} "
+                  f"[{mark(g.p(0.99) <= P99_TARGET_MS and g.errors == 0)}]", flush=True)
+    few, many = runs
+    ratio = many.statements_per_s / few.statements_per_s if few.statements_per_s else 0.0
+    print(f"  SQL statements/s with {many.followers} followers / with {few.followers}: "
+          f"{ratio:.2f}x (independent of followers: ~1x) [{mark(ratio <= 1.5)}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The event hub's reads: one per tick for a followed job, whatever its followers; a feed's
+buffer answers followers after what it holds and sends older ones to the store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.api.followers import BUFFER, EventHub, read_after
+from app.core.spec import JobSpec
+from app.core.states import JobStatus
+from app.db import transaction
+from app.services import jobs, lifecycle
+from app.services.unit_of_work import UnitOfWork
+from app.settings import Limits
+from tests.specs import tiny_spec
+
+
+def _running_job(factory: sessionmaker[Session]) -> tuple[str, int]:
+    with transaction(factory) as session:
+        job, _ = jobs.submit(UnitOfWork(session), JobSpec.model_validate(tiny_spec()),
+                             owner="default", limits=Limits(), idempotency_key=None)
+        session.flush()
+        attempt = lifecycle.claim(session, job.id, "w1")
+    assert attempt is not None
+    return job.id, attempt
+
+
+def _log(factory: sessionmaker[Session], job_id: str, attempt: int, n: int) -> None:
+    with transaction(factory) as session:
+        for i in range(n):
+            lifecycle.add_event(session, job_id, f"line {i}", attempt=attempt)
+
+
+def test_one_read_per_tick_and_the_buffer_bounds(factory: sessionmaker[Session]) -> None:
+    job_id, attempt = _running_job(factory)
+    _log(factory, job_id, attempt, BUFFER + 40)  # more history than a feed keeps
+    with factory() as session:
+        history = [f.id for f in read_after(session, job_id, 0)]
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    engine = factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", count)
+
+    async def scenario() -> None:
+        hub = EventHub(factory)
+        async with hub.follow(job_id) as feed, hub.follow(job_id) as same:
+            assert feed is same and feed.since(0) is None  # not read yet
+            await hub.tick(hub.feeds.values())
+            reads = len(statements)
+            # The latest BUFFER events are held; a follower from the start goes to the store.
+            assert feed.covered_after is not None and feed.since(0) is None
+            held = feed.since(feed.covered_after)
+            assert held is not None and [f.id for f in held] == history[-BUFFER:]
+            assert feed.since(history[-1]) == [] and not feed.finished
+
+            signal = feed.signal
+            _log(factory, job_id, attempt, 3)
+            statements.clear()
+            await hub.tick(hub.feeds.values())
+            assert signal.is_set() and len(statements) <= reads  # one reading, two followers
+            fresh = feed.since(history[-1])
+            assert fresh is not None and len(fresh) == 3
+            # The buffer stays bounded: the oldest held events are now the store's to give.
+            assert len(feed.frames) == BUFFER and feed.covered_after > history[-BUFFER]
+
+            with transaction(factory) as session:
+                lifecycle.transition(session, job_id, [JobStatus.RUNNING], JobStatus.SUCCEEDED,
+                                     "done", expect_attempt=attempt)
+            await hub.tick(hub.feeds.values())
+            assert feed.finished and feed.since(feed.last_id) == []
+            statements.clear()
+            await hub.tick(hub.feeds.values())
+            assert statements == []  # a finished feed is not read again
+        assert hub.feeds == {}  # the last follower out drops the feed
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
