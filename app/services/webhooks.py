@@ -21,7 +21,7 @@ import httpx
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.errors import InvalidInput, WebhookNotFound
+from app.core.errors import InvalidInput, WebhookNotFound, problem
 from app.db import transaction
 from app.models import Job, Webhook, WebhookDelivery, utcnow
 
@@ -68,13 +68,13 @@ def check_url(url: str, allow_private: bool) -> None:
     """A 422 for a URL that is not http(s) or points into private networks (unless allowed)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InvalidInput([{"field": "url", "reason": "must be an http:// or https:// URL"}])
+        raise InvalidInput([problem(("url",), "must be an http:// or https:// URL")])
     if not allow_private:
         why = _refused_address(parsed.hostname)
         if why is not None:
-            raise InvalidInput([{"field": "url", "reason": f"{why}; targets on loopback, "
-                                 "link-local and private networks are refused "
-                                 "(TRAINERY_WEBHOOK_ALLOW_PRIVATE)"}])
+            raise InvalidInput([problem(("url",), f"{why}; targets on loopback, link-local and "
+                                        "private networks are refused "
+                                        "(TRAINERY_WEBHOOK_ALLOW_PRIVATE)")])
 
 
 def create(session: Session, owner: str, url: str, events: list[str],
@@ -83,12 +83,12 @@ def create(session: Session, owner: str, url: str, events: list[str],
     check_url(url, allow_private)
     bad = [e for e in events if e not in EVENTS]
     if bad or not events:
-        raise InvalidInput([{"field": "events", "reason": f"choose from {', '.join(EVENTS)}"
-                             + (f"; unknown: {', '.join(bad)}" if bad else "")}])
+        raise InvalidInput([problem(("events",), f"choose from {', '.join(EVENTS)}"
+                                   + (f"; unknown: {', '.join(bad)}" if bad else ""))])
     count = len(session.scalars(select(Webhook.id).where(Webhook.owner == owner)).all())
     if count >= MAX_WEBHOOKS_PER_OWNER:
-        raise InvalidInput([{"field": "url", "reason":
-                             f"an owner may have at most {MAX_WEBHOOKS_PER_OWNER} webhooks"}])
+        raise InvalidInput([problem(("url",), f"an owner may have at most "
+                                            f"{MAX_WEBHOOKS_PER_OWNER} webhooks")])
     hook = Webhook(id=f"wh_{uuid.uuid4().hex[:20]}", owner=owner, url=url,
                    events=sorted(set(events)), secret=f"whsec_{secrets.token_urlsafe(32)}")
     session.add(hook)

@@ -18,8 +18,8 @@ from app.services.webhooks import backoff_s, check_url, sign
 def test_private_targets_are_refused_unless_allowed(url: str) -> None:
     with pytest.raises(InvalidInput) as err:
         check_url(url, allow_private=False)
-    assert err.value.detail[0]["field"] == "url"
-    assert "TRAINERY_WEBHOOK_ALLOW_PRIVATE" in err.value.detail[0]["reason"]
+    assert err.value.detail[0]["path"] == "url"
+    assert "TRAINERY_WEBHOOK_ALLOW_PRIVATE" in err.value.detail[0]["message"]
     check_url(url, allow_private=True)
 
 

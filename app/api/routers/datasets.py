@@ -17,6 +17,7 @@ from app.api.deps import (
     SettingsDep,
     UploaderDep,
 )
+from app.api.errors import COMMON_ERRORS, NOT_FOUND, NOT_FOUND_OR_CONFLICT, error_responses
 from app.core.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
 from app.core.errors import Conflict, InvalidInput, PayloadTooLarge, problem
 from app.schemas.datasets import DatasetsPublic, UploadedDatasetPublic
@@ -24,7 +25,7 @@ from app.schemas.jobs import DatasetPublic
 from app.services import datasets as dataset_service
 from app.services.jobs import builtin_dataset_info
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=COMMON_ERRORS)
 
 SYNTHETIC_INFO = DatasetPublic(
     id=SYNTHETIC, name=SYNTHETIC, source="builtin", task="classification", n_samples=None,
@@ -88,9 +89,9 @@ async def _read_form(request: Request, limit: int) -> FormData:
 
 @router.post("", status_code=201, response_model=UploadedDatasetPublic,
              openapi_extra=UPLOAD_OPENAPI,
-             responses={200: {"description": "the same upload was stored before"},
-                        413: {"description": "over TRAINERY_MAX_UPLOAD_BYTES or "
-                                             "TRAINERY_MAX_UNPACKED_BYTES"}})
+             responses={200: {"model": UploadedDatasetPublic,
+                              "description": "the same upload was stored before"},
+                        **error_responses(413)})
 async def upload_dataset(request: Request, response: Response, factory: SessionFactoryDep,
                          blobs: BlobStoreDep, settings: SettingsDep,
                          owner: UploaderDep) -> UploadedDatasetPublic:
@@ -127,7 +128,8 @@ def list_datasets(session: SessionDep, owner: OwnerDep) -> DatasetsPublic:
     return DatasetsPublic(data=[*uploads, *builtin, SYNTHETIC_INFO])
 
 
-@router.get("/{dataset_id}", response_model=UploadedDatasetPublic | DatasetPublic)
+@router.get("/{dataset_id}", response_model=UploadedDatasetPublic | DatasetPublic,
+            responses=NOT_FOUND)
 def get_dataset(dataset_id: str, session: SessionDep,
                 owner: OwnerDep) -> UploadedDatasetPublic | DatasetPublic:
     if dataset_id == SYNTHETIC:
@@ -138,7 +140,7 @@ def get_dataset(dataset_id: str, session: SessionDep,
 
 
 @router.delete("/{dataset_id}", status_code=204,
-               responses={409: {"description": "an unfinished job trains on it"}})
+               responses=NOT_FOUND_OR_CONFLICT)
 def delete_dataset(dataset_id: str, session: SessionDep, blobs: BlobStoreDep,
                    owner: OwnerDep) -> Response:
     """Delete an uploaded dataset and its stored data."""

@@ -9,12 +9,19 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import CeleryDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
+from app.api.errors import (
+    BODY_ERRORS,
+    COMMON_ERRORS,
+    NOT_FOUND,
+    NOT_FOUND_OR_CONFLICT,
+)
 from app.db import transaction
 from app.schemas.studies import (
     StudiesPublic,
     StudyCreate,
     StudyPatch,
     StudyPublic,
+    StudyState,
     TrialPublic,
 )
 from app.services import dispatch
@@ -22,7 +29,7 @@ from app.services.studies import controller
 from app.services.studies import service as studies
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/studies", tags=["studies"])
+router = APIRouter(prefix="/v1/studies", tags=["studies"], responses=COMMON_ERRORS)
 
 
 def _tick(factory: sessionmaker[Session], celery: Celery, settings: Settings,
@@ -37,7 +44,7 @@ def _public(factory: sessionmaker[Session], study_id: str, owner: str) -> StudyP
         return studies.to_public(session, studies.get(session, study_id, owner))
 
 
-@router.post("", status_code=201, response_model=StudyPublic)
+@router.post("", status_code=201, response_model=StudyPublic, responses=BODY_ERRORS)
 def create_study(req: StudyCreate, response: Response, factory: SessionFactoryDep,
                  settings: SettingsDep, celery: CeleryDep, owner: OwnerDep) -> StudyPublic:
     """Store the study, then start its first trials."""
@@ -49,7 +56,7 @@ def create_study(req: StudyCreate, response: Response, factory: SessionFactoryDe
 
 
 @router.get("", response_model=StudiesPublic)
-def list_studies(session: SessionDep, owner: OwnerDep, state: str | None = None,
+def list_studies(session: SessionDep, owner: OwnerDep, state: StudyState | None = None,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50,
                  cursor: str | None = None) -> StudiesPublic:
     """The caller's studies, newest first."""
@@ -59,19 +66,20 @@ def list_studies(session: SessionDep, owner: OwnerDep, state: str | None = None,
                          next_cursor=next_cursor)
 
 
-@router.get("/{study_id}", response_model=StudyPublic)
+@router.get("/{study_id}", response_model=StudyPublic, responses=NOT_FOUND)
 def get_study(study_id: str, session: SessionDep, owner: OwnerDep) -> StudyPublic:
     """State and why it ended, trial counts, epochs trained, the best trial."""
     return studies.to_public(session, studies.get(session, study_id, owner))
 
 
-@router.get("/{study_id}/trials", response_model=list[TrialPublic])
+@router.get("/{study_id}/trials", response_model=list[TrialPublic], responses=NOT_FOUND)
 def get_trials(study_id: str, session: SessionDep, owner: OwnerDep) -> list[TrialPublic]:
     """Every trial: params, state, objective, epochs trained, pruned or not, job id."""
     return studies.trials(session, studies.get(session, study_id, owner))
 
 
-@router.patch("/{study_id}", response_model=StudyPublic)
+@router.patch("/{study_id}", response_model=StudyPublic,
+              responses={**BODY_ERRORS, **NOT_FOUND_OR_CONFLICT})
 def patch_study(study_id: str, change: StudyPatch, factory: SessionFactoryDep,
                 settings: SettingsDep, celery: CeleryDep, owner: OwnerDep) -> StudyPublic:
     """Change max_trials or max_concurrent_trials while the study runs."""
@@ -81,7 +89,8 @@ def patch_study(study_id: str, change: StudyPatch, factory: SessionFactoryDep,
     return _public(factory, study_id, owner)
 
 
-@router.post("/{study_id}/cancel", status_code=202, response_model=StudyPublic)
+@router.post("/{study_id}/cancel", status_code=202, response_model=StudyPublic,
+             responses=NOT_FOUND_OR_CONFLICT)
 def cancel_study(study_id: str, factory: SessionFactoryDep, owner: OwnerDep) -> StudyPublic:
     """End the study; its queued trials are cancelled at once, running ones at their next
     batch."""

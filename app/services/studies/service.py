@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import get_args
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -14,6 +15,7 @@ from app.schemas.studies import (
     StudyCreate,
     StudyPatch,
     StudyPublic,
+    StudyState,
     TrialPublic,
 )
 from app.services import datasets
@@ -22,7 +24,7 @@ from app.services.studies import controller
 from app.services.studies.validation import validate
 from app.settings import Limits
 
-STATES = ("running", "succeeded", "failed", "cancelled")
+STATES: tuple[str, ...] = get_args(StudyState)
 
 
 class StudyNotFound(NotFound):
