@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+WebhookEvent = Literal["job.succeeded", "job.failed", "job.finished", "study.finished"]
 
 
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(max_length=2000)
-    events: list[str] = Field(min_length=1, max_length=10)
+    # An http(s) URL with a host; which hosts are allowed is checked on create.
+    url: str = Field(max_length=2000, pattern=r"^https?://[^\s/?#@]+")
+    events: list[WebhookEvent] = Field(min_length=1, max_length=10)
 
 
 class WebhookPublic(BaseModel):

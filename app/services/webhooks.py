@@ -12,9 +12,10 @@ import secrets
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlparse
 
 import httpx
@@ -24,8 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.errors import InvalidInput, WebhookNotFound, problem
 from app.db import transaction
 from app.models import Job, Webhook, WebhookDelivery, utcnow
+from app.schemas.webhooks import WebhookEvent
 
-EVENTS = ("job.succeeded", "job.failed", "job.finished", "study.finished")
+EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 SIGNATURE_HEADER = "X-Trainery-Signature"
 TIMESTAMP_HEADER = "X-Trainery-Timestamp"
 RETRY_FOR = timedelta(days=1)
@@ -54,7 +56,7 @@ def _refused_address(host: str) -> str | None:
     """Why host may not be a target (loopback, link-local, private...), or None."""
     try:
         infos = socket.getaddrinfo(host, None)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: not a name IDNA can encode
         return f"host {host!r} does not resolve ({exc})"
     for info in infos:
         addr = ipaddress.ip_address(info[4][0])
@@ -77,7 +79,7 @@ def check_url(url: str, allow_private: bool) -> None:
                                         "(TRAINERY_WEBHOOK_ALLOW_PRIVATE)")])
 
 
-def create(session: Session, owner: str, url: str, events: list[str],
+def create(session: Session, owner: str, url: str, events: Sequence[str],
            allow_private: bool) -> Webhook:
     """Register a webhook; its secret is shown once, in the answer to this call."""
     check_url(url, allow_private)

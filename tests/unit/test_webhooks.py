@@ -23,6 +23,14 @@ def test_private_targets_are_refused_unless_allowed(url: str) -> None:
     check_url(url, allow_private=True)
 
 
+def test_a_host_idna_cannot_encode_is_refused_not_a_500() -> None:
+    """schemathesis found it: getaddrinfo raises UnicodeError, not OSError, for such a name."""
+    with pytest.raises(InvalidInput) as err:
+        check_url("http://\x98host/", allow_private=False)
+    assert err.value.detail[0]["path"] == "url"
+    assert "does not resolve" in err.value.detail[0]["message"]
+
+
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "not a url", "http:///nohost"])
 def test_only_http_urls(url: str) -> None:
     with pytest.raises(InvalidInput):

@@ -38,7 +38,7 @@ UPLOAD_FIELDS = ("name", "description", "format", "target", "task", "image_size"
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 UPLOAD_OPENAPI = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
+    "type": "object", "required": ["file"], "additionalProperties": False,
     "properties": {
         "file": {"type": "string", "format": "binary",
                  "description": ".npz (x, y[, x_val, y_val]), .csv (header row) or .zip "
@@ -51,7 +51,8 @@ UPLOAD_OPENAPI = {"requestBody": {"required": True, "content": {"multipart/form-
                    "description": "CSV: the label column (default: a column named label or "
                                   "target)"},
         "task": {"type": "string", "enum": ["classification", "regression"]},
-        "image_size": {"type": "string", "description": "zip: HEIGHTxWIDTH, e.g. 28x28"},
+        "image_size": {"type": "string", "pattern": r"^\s*[0-9]+\s*[xX]\s*[0-9]+\s*$",
+                       "description": "zip: HEIGHTxWIDTH, e.g. 28x28, each side 1 to 4096"},
     }}}}}}
 
 
