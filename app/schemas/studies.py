@@ -16,8 +16,6 @@ MAX_TRIALS = 1000
 MAX_CONCURRENT_TRIALS = 64
 MAX_GRID_POINTS = 10_000
 
-StudyState = Literal["running", "succeeded", "failed", "cancelled"]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -31,7 +31,7 @@ CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance,
           content_type_conformance, response_schema_conformance]
 # Enough to reach each operation's error paths (unknown ids, bad bodies, bad
 # queries) while the whole module stays within about a minute on a small box.
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = 20
 
 
 @pytest.fixture(scope="module")

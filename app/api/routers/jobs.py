@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -36,8 +36,12 @@ from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON_ERRORS)
 
-# The formats any job may export; which of them a job has depends on its framework.
-ModelFormat = Literal["torchscript", "state_dict", "onnx", "keras"]
+# Query values the service checks itself (its 422 names the field as `status`, `format`),
+# listed in the document so that it says which are accepted.
+STATUS_QUERY = Query(json_schema_extra={"enum": [s.value for s in JobStatus]})
+# Which of these a job has depends on its framework.
+FORMAT_QUERY = Query(json_schema_extra={"enum": sorted({f for fs in job_service.FORMATS.values()
+                                                        for f in fs})})
 MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the model file (torchscript .pt, safetensors, .onnx or .keras)",
           "content": {"application/octet-stream": {"schema": {"type": "string",
@@ -102,13 +106,11 @@ def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep,
-              status: JobStatus | None = None,
+              status: Annotated[str | None, STATUS_QUERY] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
               cursor: str | None = None) -> JobsPublic:
     """Jobs newest first, a page at a time."""
-    page, next_cursor = job_service.list_jobs(session, owner,
-                                              status=status.value if status else None,
-                                              limit=limit,
+    page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
                                               cursor=cursor)
     return JobsPublic(data=job_service.to_public_page(session, page,
                                                       settings.worker_lost_after_s),
@@ -196,7 +198,8 @@ def get_checkpoints(job_id: str, session: SessionDep, owner: OwnerDep) -> list[C
 
 @router.get("/{job_id}/model", response_class=Response, responses=MODEL_RESPONSES)
 def download_model(job_id: str, session: SessionDep, owner: OwnerDep, blobs: BlobStoreDep,
-                   settings: SettingsDep, format: ModelFormat | None = None,
+                   settings: SettingsDep,
+                   format: Annotated[str | None, FORMAT_QUERY] = None,
                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """Stream the trained model, or redirect to a presigned URL when it is an object in
     S3 (TRAINERY_MODEL_DOWNLOAD); ETag and X-Trainery-SHA256 carry its sha256."""

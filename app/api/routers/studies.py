@@ -21,7 +21,6 @@ from app.schemas.studies import (
     StudyCreate,
     StudyPatch,
     StudyPublic,
-    StudyState,
     TrialPublic,
 )
 from app.services import dispatch
@@ -30,6 +29,9 @@ from app.services.studies import service as studies
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"], responses=COMMON_ERRORS)
+# The service checks the state itself (its 422 names the field `state`); listed here so
+# that the document says which are accepted.
+STATE_QUERY = Query(json_schema_extra={"enum": list(studies.STATES)})
 
 
 def _tick(factory: sessionmaker[Session], celery: Celery, settings: Settings,
@@ -56,7 +58,8 @@ def create_study(req: StudyCreate, response: Response, factory: SessionFactoryDe
 
 
 @router.get("", response_model=StudiesPublic)
-def list_studies(session: SessionDep, owner: OwnerDep, state: StudyState | None = None,
+def list_studies(session: SessionDep, owner: OwnerDep,
+                 state: Annotated[str | None, STATE_QUERY] = None,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50,
                  cursor: str | None = None) -> StudiesPublic:
     """The caller's studies, newest first."""

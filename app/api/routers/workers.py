@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.errors import COMMON_ERRORS
 from app.services import workers as worker_service
 
@@ -29,7 +29,8 @@ class WorkerPublic(BaseModel):
 
 
 @router.get("", response_model=dict[str, list[WorkerPublic]])
-def list_workers(session: SessionDep, settings: SettingsDep) -> dict[str, list[WorkerPublic]]:
+def list_workers(session: SessionDep, settings: SettingsDep,
+                 _owner: OwnerDep) -> dict[str, list[WorkerPublic]]:
     """Workers that reported recently: their device, queues, current job and last heartbeat."""
     rows = worker_service.live(session, settings.worker_lost_after_s)
     return {"data": [WorkerPublic.model_validate(w, from_attributes=True) for w in rows]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import get_args
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -15,7 +14,6 @@ from app.schemas.studies import (
     StudyCreate,
     StudyPatch,
     StudyPublic,
-    StudyState,
     TrialPublic,
 )
 from app.services import datasets
@@ -24,7 +22,7 @@ from app.services.studies import controller
 from app.services.studies.validation import validate
 from app.settings import Limits
 
-STATES: tuple[str, ...] = get_args(StudyState)
+STATES = ("running", "succeeded", "failed", "cancelled")
 
 
 class StudyNotFound(NotFound):
