@@ -68,11 +68,15 @@ def _refused_address(host: str) -> str | None:
 
 def check_url(url: str, allow_private: bool) -> None:
     """A 422 for a URL that is not http(s) or points into private networks (unless allowed)."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    try:
+        parsed = urlparse(url)
+        host, _ = parsed.hostname, parsed.port  # .port raises on a port out of range
+    except ValueError:  # e.g. "Invalid IPv6 URL": a stray bracket in the host
+        host = None
+    if host is None or parsed.scheme not in ("http", "https"):
         raise InvalidInput([problem(("url",), "must be an http:// or https:// URL")])
     if not allow_private:
-        why = _refused_address(parsed.hostname)
+        why = _refused_address(host)
         if why is not None:
             raise InvalidInput([problem(("url",), f"{why}; targets on loopback, link-local and "
                                         "private networks are refused "

@@ -23,6 +23,14 @@ def test_private_targets_are_refused_unless_allowed(url: str) -> None:
     check_url(url, allow_private=True)
 
 
+@pytest.mark.parametrize("url", ["http://a]b/", "http://[::1/", "http://host:99999/"])
+def test_a_url_urllib_cannot_split_is_refused_not_a_500(url: str) -> None:
+    """schemathesis found it: urlparse raises ValueError ("Invalid IPv6 URL") on these."""
+    with pytest.raises(InvalidInput) as err:
+        check_url(url, allow_private=True)
+    assert err.value.detail[0]["path"] == "url"
+
+
 def test_a_host_idna_cannot_encode_is_refused_not_a_500() -> None:
     """schemathesis found it: getaddrinfo raises UnicodeError, not OSError, for such a name."""
     with pytest.raises(InvalidInput) as err:

@@ -8,7 +8,14 @@ from celery import Celery
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.deps import CeleryDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
+from app.api.deps import (
+    CeleryDep,
+    OwnerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    UploaderDep,
+)
 from app.api.errors import (
     BODY_ERRORS,
     COMMON_ERRORS,
@@ -34,6 +41,13 @@ router = APIRouter(prefix="/v1/studies", tags=["studies"], responses=COMMON_ERRO
 STATE_QUERY = Query(json_schema_extra={"enum": list(studies.STATES)})
 
 
+# The writes below run in transactions of their own (the controller's tick must see
+# them committed), so they take the caller from UploaderDep, which holds no unit of
+# work: OwnerDep's key lookup would open the request's session on the write engine,
+# and on SQLite its BEGIN IMMEDIATE would block these transactions until the busy
+# timeout (a 503 after 20 s with any API key; found by schemathesis).
+
+
 def _tick(factory: sessionmaker[Session], celery: Celery, settings: Settings,
           study_id: str) -> None:
     controller.tick_and_wake(factory, study_id, settings.limits,
@@ -48,7 +62,7 @@ def _public(factory: sessionmaker[Session], study_id: str, owner: str) -> StudyP
 
 @router.post("", status_code=201, response_model=StudyPublic, responses=BODY_ERRORS)
 def create_study(req: StudyCreate, response: Response, factory: SessionFactoryDep,
-                 settings: SettingsDep, celery: CeleryDep, owner: OwnerDep) -> StudyPublic:
+                 settings: SettingsDep, celery: CeleryDep, owner: UploaderDep) -> StudyPublic:
     """Store the study, then start its first trials."""
     with transaction(factory) as session:
         study = studies.create(session, req, owner, settings.limits)
@@ -84,7 +98,7 @@ def get_trials(study_id: str, session: SessionDep, owner: OwnerDep) -> list[Tria
 @router.patch("/{study_id}", response_model=StudyPublic,
               responses={**BODY_ERRORS, **NOT_FOUND_OR_CONFLICT})
 def patch_study(study_id: str, change: StudyPatch, factory: SessionFactoryDep,
-                settings: SettingsDep, celery: CeleryDep, owner: OwnerDep) -> StudyPublic:
+                settings: SettingsDep, celery: CeleryDep, owner: UploaderDep) -> StudyPublic:
     """Change max_trials or max_concurrent_trials while the study runs."""
     with transaction(factory) as session:
         studies.patch(session, study_id, owner, change)
@@ -94,7 +108,7 @@ def patch_study(study_id: str, change: StudyPatch, factory: SessionFactoryDep,
 
 @router.post("/{study_id}/cancel", status_code=202, response_model=StudyPublic,
              responses=NOT_FOUND_OR_CONFLICT)
-def cancel_study(study_id: str, factory: SessionFactoryDep, owner: OwnerDep) -> StudyPublic:
+def cancel_study(study_id: str, factory: SessionFactoryDep, owner: UploaderDep) -> StudyPublic:
     """End the study; its queued trials are cancelled at once, running ones at their next
     batch."""
     with transaction(factory) as session:
