@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema_rs
 import pytest
+from pydantic import BaseModel, ValidationError
 
+from app.core.spec import DatasetSpec, ModelSpec
 from app.main import create_app
 from app.settings import Settings
 
@@ -65,3 +68,31 @@ def test_events_are_json_or_a_server_sent_stream() -> None:
 def test_dashboard_pages_are_not_in_the_document() -> None:
     assert all(path.startswith(("/v1/", "/healthz", "/readyz")) for path in DOC["paths"])
 
+
+
+@pytest.mark.parametrize(("model", "fragment"), [
+    (DatasetSpec, {"builtin": "iris"}),
+    (DatasetSpec, {"id": "ds_abc", "builtin": None}),
+    (DatasetSpec, {"builtin": "synthetic", "n_samples": 100, "sample_shape": [4],
+                   "num_classes": 2}),
+    (DatasetSpec, {"builtin": "iris", "id": "ds_abc"}),
+    (DatasetSpec, {}),
+    (DatasetSpec, {"builtin": "synthetic", "n_samples": 100}),
+    (DatasetSpec, {"builtin": "iris", "n_samples": 100}),
+    (DatasetSpec, {"id": "ds_abc", "num_classes": 3}),
+    (DatasetSpec, {"builtin": "imagenet"}),
+    (ModelSpec, {"preset": "mlp"}),
+    (ModelSpec, {"preset": "mlp", "layers": None}),
+    (ModelSpec, {"layers": [{"type": "dense", "units": 4}]}),
+    (ModelSpec, {"layers": [{"type": "dense", "units": 4}], "preset": "mlp"}),
+    (ModelSpec, {}),
+])
+def test_the_schema_refuses_what_the_validators_refuse(model: type[BaseModel],
+                                                       fragment: dict[str, Any]) -> None:
+    """The rules between fields (one source, synthetic-only fields) are in the JSON Schema."""
+    try:
+        model.model_validate(fragment)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert jsonschema_rs.validator_for(model.model_json_schema()).is_valid(fragment) == accepted
