@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-WebhookEvent = Literal["job.succeeded", "job.failed", "job.finished", "study.finished"]
+EVENTS = ("job.succeeded", "job.failed", "job.finished", "study.finished")
 
 
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # An http(s) URL with a host; which hosts are allowed is checked on create.
-    url: str = Field(max_length=2000, pattern=r"^https?://[^\s/?#@]+")
-    events: list[WebhookEvent] = Field(min_length=1, max_length=10)
+    # The service checks both (its 422 says what is wrong in a sentence); the document
+    # says what is accepted: an http(s) URL with a host (which hosts, create decides).
+    url: str = Field(max_length=2000,
+                     json_schema_extra={"pattern": r"^https?://[^\s/?#@]+"})
+    events: list[str] = Field(min_length=1, max_length=10,
+                              json_schema_extra={"items": {"enum": list(EVENTS)}})
 
 
 class WebhookPublic(BaseModel):

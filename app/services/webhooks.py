@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, get_args
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -25,9 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.errors import InvalidInput, WebhookNotFound, problem
 from app.db import transaction
 from app.models import Job, Webhook, WebhookDelivery, utcnow
-from app.schemas.webhooks import WebhookEvent
+from app.schemas.webhooks import EVENTS
 
-EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 SIGNATURE_HEADER = "X-Trainery-Signature"
 TIMESTAMP_HEADER = "X-Trainery-Timestamp"
 RETRY_FOR = timedelta(days=1)
