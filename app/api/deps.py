@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.admission import Admission
@@ -25,6 +26,12 @@ from app.web.session import COOKIE, cookie_owner
 
 # Methods whose unit of work only reads; the others take the write lock up front.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# The raw Authorization header, declared as a security scheme so that the OpenAPI
+# document says how to authenticate (and /docs offers "Authorize"); _owner parses it.
+API_KEY = APIKeyHeader(name="Authorization", auto_error=False, scheme_name="bearer_key",
+                       description="an API key as `Bearer <key>` (`trainery keys create`); "
+                                   "required when TRAINERY_AUTH_REQUIRED is set")
 
 
 async def get_settings(request: Request) -> Settings:
@@ -101,7 +108,7 @@ def _owner(request: Request, settings: Settings, authorization: str | None,
 async def get_owner(request: Request,
                     uow: Annotated[UnitOfWork, Depends(get_uow, scope="function")],
                     settings: Annotated[Settings, Depends(get_settings)],
-                    authorization: Annotated[str | None, Header()] = None) -> str:
+                    authorization: Annotated[str | None, Security(API_KEY)] = None) -> str:
     """The caller's identity, read in the request's own session: its token's owner, else
     the default owner; with TRAINERY_AUTH_REQUIRED a request without a valid token is refused."""
     def lookup(token: str) -> str | None:
@@ -113,7 +120,7 @@ async def get_owner(request: Request,
 
 
 async def get_uploader(request: Request, settings: Annotated[Settings, Depends(get_settings)],
-                       authorization: Annotated[str | None, Header()] = None) -> str:
+                       authorization: Annotated[str | None, Security(API_KEY)] = None) -> str:
     """The caller's identity for a route that streams a long body and so holds no unit of work.
 
     An upload can take minutes; holding an admission slot (and a connection)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from app.core.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
 from app.core.strict import StrictModel
@@ -15,6 +16,28 @@ Activation = Literal[
 ]
 Padding = Literal["same", "valid"]
 PositiveInt = Annotated[int, Field(ge=1)]
+
+
+# The rules a model validator enforces between fields, said in the JSON Schema too so
+# that the OpenAPI document refuses what the API refuses. A property given as
+# {"type": "null"} must be absent or null.
+ABSENT: JsonDict = {"type": "null"}
+SYNTHETIC_FIELDS = ("n_samples", "sample_shape", "num_classes")
+MODEL_SOURCES: JsonDict = {"oneOf": [
+    {"required": ["layers"], "properties": {"layers": {"type": "array"}, "preset": ABSENT}},
+    {"required": ["preset"], "properties": {"preset": {"type": "string"}, "layers": ABSENT}},
+]}
+DATASET_SOURCES: JsonDict = {"oneOf": [
+    {"required": ["id"], "properties": {"id": {"type": "string"}, "builtin": ABSENT,
+                                        **dict.fromkeys(SYNTHETIC_FIELDS, ABSENT)}},
+    {"required": ["builtin"],
+     "properties": {"builtin": {"enum": list(BUILTIN_DATASETS)}, "id": ABSENT,
+                    **dict.fromkeys(SYNTHETIC_FIELDS, ABSENT)}},
+    {"required": ["builtin", *SYNTHETIC_FIELDS],
+     "properties": {"builtin": {"const": SYNTHETIC}, "id": ABSENT,
+                    "n_samples": {"type": "integer"}, "sample_shape": {"type": "array"},
+                    "num_classes": {"type": "integer"}}},
+]}
 
 
 def _pair(value: int | list[int]) -> list[int]:
@@ -125,6 +148,8 @@ def layer_tags() -> frozenset[str]:
 
 
 class ModelSpec(StrictModel):
+    model_config = ConfigDict(json_schema_extra=MODEL_SOURCES)
+
     layers: list[LayerSpec] | None = Field(None, min_length=1)
     preset: Preset | None = None
 
@@ -137,6 +162,8 @@ class ModelSpec(StrictModel):
 
 
 class DatasetSpec(StrictModel):
+    model_config = ConfigDict(json_schema_extra=DATASET_SOURCES)
+
     builtin: str | None = None
     id: str | None = Field(None, pattern=r"^ds_[A-Za-z0-9]+$")
     validation_split: float = Field(0.2, ge=0.0, lt=1.0)
@@ -166,11 +193,9 @@ class DatasetSpec(StrictModel):
         if (self.builtin is None) == (self.id is None):
             raise ValueError("give exactly one of 'builtin' (a dataset name) "
                              "or 'id' (an uploaded dataset)")
-        synthetic_fields = {f for f in ("n_samples", "sample_shape", "num_classes")
-                            if getattr(self, f) is not None}
+        synthetic_fields = {f for f in SYNTHETIC_FIELDS if getattr(self, f) is not None}
         if self.builtin == SYNTHETIC:
-            missing = [f for f in ("n_samples", "sample_shape", "num_classes")
-                       if getattr(self, f) is None]
+            missing = [f for f in SYNTHETIC_FIELDS if getattr(self, f) is None]
             if missing:
                 raise ValueError("the synthetic dataset needs " + ", ".join(missing))
         elif synthetic_fields:

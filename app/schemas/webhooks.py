@@ -9,10 +9,16 @@ from pydantic import BaseModel, Field
 
 from app.core.strict import StrictModel
 
+EVENTS = ("job.succeeded", "job.failed", "job.finished", "study.finished")
+
 
 class WebhookCreate(StrictModel):
-    url: str = Field(max_length=2000)
-    events: list[str] = Field(min_length=1, max_length=10)
+    # The service checks both (its 422 says what is wrong in a sentence); the document
+    # says what is accepted: an http(s) URL with a host (which hosts, create decides).
+    url: str = Field(max_length=2000,
+                     json_schema_extra={"pattern": r"^https?://[^\s/?#@]+"})
+    events: list[str] = Field(min_length=1, max_length=10,
+                              json_schema_extra={"items": {"enum": list(EVENTS)}})
 
 
 class WebhookPublic(BaseModel):

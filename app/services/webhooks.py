@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,11 +23,11 @@ import httpx
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.errors import InvalidInput, WebhookNotFound
+from app.core.errors import InvalidInput, WebhookNotFound, problem
 from app.db import transaction
 from app.models import Job, Webhook, WebhookDelivery, utcnow
+from app.schemas.webhooks import EVENTS
 
-EVENTS = ("job.succeeded", "job.failed", "job.finished", "study.finished")
 SIGNATURE_HEADER = "X-Trainery-Signature"
 TIMESTAMP_HEADER = "X-Trainery-Timestamp"
 RETRY_FOR = timedelta(days=1)
@@ -55,7 +56,7 @@ def _refused_address(host: str) -> str | None:
     """Why host may not be a target (loopback, link-local, private...), or None."""
     try:
         infos = socket.getaddrinfo(host, None)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: not a name IDNA can encode
         return f"host {host!r} does not resolve ({exc})"
     for info in infos:
         addr = ipaddress.ip_address(info[4][0])
@@ -67,29 +68,33 @@ def _refused_address(host: str) -> str | None:
 
 def check_url(url: str, allow_private: bool) -> None:
     """A 422 for a URL that is not http(s) or points into private networks (unless allowed)."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InvalidInput([{"field": "url", "reason": "must be an http:// or https:// URL"}])
+    try:
+        parsed = urlparse(url)
+        host, _ = parsed.hostname, parsed.port  # .port raises on a port out of range
+    except ValueError:  # e.g. "Invalid IPv6 URL": a stray bracket in the host
+        host = None
+    if host is None or parsed.scheme not in ("http", "https"):
+        raise InvalidInput([problem(("url",), "must be an http:// or https:// URL")])
     if not allow_private:
-        why = _refused_address(parsed.hostname)
+        why = _refused_address(host)
         if why is not None:
-            raise InvalidInput([{"field": "url", "reason": f"{why}; targets on loopback, "
-                                 "link-local and private networks are refused "
-                                 "(TRAINERY_WEBHOOK_ALLOW_PRIVATE)"}])
+            raise InvalidInput([problem(("url",), f"{why}; targets on loopback, link-local and "
+                                        "private networks are refused "
+                                        "(TRAINERY_WEBHOOK_ALLOW_PRIVATE)")])
 
 
-def create(session: Session, owner: str, url: str, events: list[str],
+def create(session: Session, owner: str, url: str, events: Sequence[str],
            allow_private: bool) -> Webhook:
     """Register a webhook; its secret is shown once, in the answer to this call."""
     check_url(url, allow_private)
     bad = [e for e in events if e not in EVENTS]
     if bad or not events:
-        raise InvalidInput([{"field": "events", "reason": f"choose from {', '.join(EVENTS)}"
-                             + (f"; unknown: {', '.join(bad)}" if bad else "")}])
+        raise InvalidInput([problem(("events",), f"choose from {', '.join(EVENTS)}"
+                                   + (f"; unknown: {', '.join(bad)}" if bad else ""))])
     count = len(session.scalars(select(Webhook.id).where(Webhook.owner == owner)).all())
     if count >= MAX_WEBHOOKS_PER_OWNER:
-        raise InvalidInput([{"field": "url", "reason":
-                             f"an owner may have at most {MAX_WEBHOOKS_PER_OWNER} webhooks"}])
+        raise InvalidInput([problem(("url",), f"an owner may have at most "
+                                            f"{MAX_WEBHOOKS_PER_OWNER} webhooks")])
     hook = Webhook(id=f"wh_{uuid.uuid4().hex[:20]}", owner=owner, url=url,
                    events=sorted(set(events)), secret=f"whsec_{secrets.token_urlsafe(32)}")
     session.add(hook)

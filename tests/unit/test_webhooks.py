@@ -18,9 +18,25 @@ from app.services.webhooks import backoff_s, check_url, sign
 def test_private_targets_are_refused_unless_allowed(url: str) -> None:
     with pytest.raises(InvalidInput) as err:
         check_url(url, allow_private=False)
-    assert err.value.detail[0]["field"] == "url"
-    assert "TRAINERY_WEBHOOK_ALLOW_PRIVATE" in err.value.detail[0]["reason"]
+    assert err.value.detail[0]["path"] == "url"
+    assert "TRAINERY_WEBHOOK_ALLOW_PRIVATE" in err.value.detail[0]["message"]
     check_url(url, allow_private=True)
+
+
+@pytest.mark.parametrize("url", ["http://a]b/", "http://[::1/", "http://host:99999/"])
+def test_a_url_urllib_cannot_split_is_refused_not_a_500(url: str) -> None:
+    """schemathesis found it: urlparse raises ValueError ("Invalid IPv6 URL") on these."""
+    with pytest.raises(InvalidInput) as err:
+        check_url(url, allow_private=True)
+    assert err.value.detail[0]["path"] == "url"
+
+
+def test_a_host_idna_cannot_encode_is_refused_not_a_500() -> None:
+    """schemathesis found it: getaddrinfo raises UnicodeError, not OSError, for such a name."""
+    with pytest.raises(InvalidInput) as err:
+        check_url("http://\x98host/", allow_private=False)
+    assert err.value.detail[0]["path"] == "url"
+    assert "does not resolve" in err.value.detail[0]["message"]
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "not a url", "http:///nohost"])

@@ -17,6 +17,7 @@ from app.api.deps import (
     SettingsDep,
     UploaderDep,
 )
+from app.api.errors import COMMON_ERRORS, NOT_FOUND, NOT_FOUND_OR_CONFLICT, error_responses
 from app.core.catalog import BUILTIN_DATASETS, BUILTIN_NAMES, SYNTHETIC
 from app.core.errors import Conflict, InvalidInput, PayloadTooLarge, problem
 from app.schemas.datasets import DatasetsPublic, UploadedDatasetPublic
@@ -25,7 +26,7 @@ from app.services import datasets as dataset_service
 from app.services.jobs import builtin_dataset_info
 
 UPLOAD_PATH = "/v1/datasets"
-router = APIRouter(prefix=UPLOAD_PATH, tags=["datasets"])
+router = APIRouter(prefix=UPLOAD_PATH, tags=["datasets"], responses=COMMON_ERRORS)
 
 SYNTHETIC_INFO = DatasetPublic(
     id=SYNTHETIC, name=SYNTHETIC, source="builtin", task="classification", n_samples=None,
@@ -38,7 +39,7 @@ UPLOAD_FIELDS = ("name", "description", "format", "target", "task", "image_size"
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 UPLOAD_OPENAPI = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
+    "type": "object", "required": ["file"], "additionalProperties": False,
     "properties": {
         "file": {"type": "string", "format": "binary",
                  "description": ".npz (x, y[, x_val, y_val]), .csv (header row) or .zip "
@@ -51,7 +52,8 @@ UPLOAD_OPENAPI = {"requestBody": {"required": True, "content": {"multipart/form-
                    "description": "CSV: the label column (default: a column named label or "
                                   "target)"},
         "task": {"type": "string", "enum": ["classification", "regression"]},
-        "image_size": {"type": "string", "description": "zip: HEIGHTxWIDTH, e.g. 28x28"},
+        "image_size": {"type": "string", "pattern": r"^\s*[0-9]+\s*[xX]\s*[0-9]+\s*$",
+                       "description": "zip: HEIGHTxWIDTH, e.g. 28x28, each side 1 to 4096"},
     }}}}}}
 
 
@@ -89,9 +91,9 @@ async def _read_form(request: Request, limit: int) -> FormData:
 
 @router.post("", status_code=201, response_model=UploadedDatasetPublic,
              openapi_extra=UPLOAD_OPENAPI,
-             responses={200: {"description": "the same upload was stored before"},
-                        413: {"description": "over TRAINERY_MAX_UPLOAD_BYTES or "
-                                             "TRAINERY_MAX_UNPACKED_BYTES"}})
+             responses={200: {"model": UploadedDatasetPublic,
+                              "description": "the same upload was stored before"},
+                        **error_responses(413)})
 async def upload_dataset(request: Request, response: Response, factory: SessionFactoryDep,
                          blobs: BlobStoreDep, settings: SettingsDep,
                          owner: UploaderDep) -> UploadedDatasetPublic:
@@ -130,7 +132,8 @@ def list_datasets(session: SessionDep, owner: OwnerDep) -> DatasetsPublic:
     return DatasetsPublic(data=[*uploads, *builtin, SYNTHETIC_INFO])
 
 
-@router.get("/{dataset_id}", response_model=UploadedDatasetPublic | DatasetPublic)
+@router.get("/{dataset_id}", response_model=UploadedDatasetPublic | DatasetPublic,
+            responses=NOT_FOUND)
 def get_dataset(dataset_id: str, session: SessionDep,
                 owner: OwnerDep) -> UploadedDatasetPublic | DatasetPublic:
     if dataset_id == SYNTHETIC:
@@ -141,7 +144,7 @@ def get_dataset(dataset_id: str, session: SessionDep,
 
 
 @router.delete("/{dataset_id}", status_code=204,
-               responses={409: {"description": "an unfinished job trains on it"}})
+               responses=NOT_FOUND_OR_CONFLICT)
 def delete_dataset(dataset_id: str, session: SessionDep, blobs: BlobStoreDep,
                    owner: OwnerDep) -> Response:
     """Delete an uploaded dataset and its stored data."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.api.deps import CeleryDep, SessionFactoryDep
@@ -13,13 +14,20 @@ from app.broker import broker_reachable
 router = APIRouter(tags=["health"])
 
 
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
     """The process answers."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "the database or the broker "
+                                                                "does not answer"}})
 async def readyz(factory: SessionFactoryDep, celery: CeleryDep) -> JSONResponse:
     """The database and the broker both answer."""
 

@@ -21,6 +21,13 @@ from app.api.deps import (
     UnitOfWorkDep,
 )
 from app.api.followers import EventHub, Frame, read_after, wait
+from app.api.errors import (
+    BODY_ERRORS,
+    COMMON_ERRORS,
+    NOT_FOUND,
+    NOT_FOUND_OR_CONFLICT,
+    error_responses,
+)
 from app.blobstore import BlobInfo
 from app.core.errors import InvalidInput, ModelNotReady, problem
 from app.core.spec import JobSpec
@@ -32,12 +39,43 @@ from app.services import steps as step_service
 from app.services.jobs import Fleet
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON_ERRORS)
+
+# Query values the service checks itself (its 422 names the field as `status`, `format`),
+# listed in the document so that it says which are accepted.
+STATUS_QUERY = Query(json_schema_extra={"enum": [s.value for s in JobStatus]})
+# Which of these a job has depends on its framework.
+FORMAT_QUERY = Query(json_schema_extra={"enum": sorted({f for fs in job_service.FORMATS.values()
+                                                        for f in fs})})
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the model file (torchscript .pt, safetensors, .onnx or .keras)",
+          "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                              "format": "binary"}}},
+          "headers": {"ETag": {"description": "the file's sha256, quoted",
+                               "schema": {"type": "string"}}}},
+    304: {"description": "If-None-Match matched the ETag: the file has not changed"},
+    307: {"description": "TRAINERY_MODEL_DOWNLOAD=redirect and the model is an object in S3: "
+                         "fetch it from Location (a presigned URL); X-Trainery-SHA256 is its "
+                         "sha256",
+          "headers": {"Location": {"schema": {"type": "string"}},
+                      "X-Trainery-SHA256": {"schema": {"type": "string"}}}},
+    **NOT_FOUND_OR_CONFLICT,
+}
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the events as JSON; with `Accept: text/event-stream`, a "
+                         "server-sent event stream that ends after the job does",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **NOT_FOUND,
+}
 
 SSE_KEEPALIVE_S = 15.0
 
 
-@router.post("", status_code=201, response_model=JobPublic)
+@router.post("", status_code=201, response_model=JobPublic,
+             responses={200: {"model": JobPublic,
+                              "description": "a replay: this Idempotency-Key stored this job "
+                                             "before"},
+                        **BODY_ERRORS, **error_responses(409)})
 def submit_job(spec: JobSpec, response: Response, uow: UnitOfWorkDep, settings: SettingsDep,
                owner: OwnerDep,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
@@ -52,7 +90,8 @@ def submit_job(spec: JobSpec, response: Response, uow: UnitOfWorkDep, settings: 
     return _public(uow.session, job.id, owner, settings)
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             responses=NOT_FOUND_OR_CONFLICT)
 def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep,
                owner: OwnerDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops at its next batch."""
@@ -60,7 +99,8 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep,
     return _public(session, job_id, owner, settings)
 
 
-@router.post("/{job_id}/retry", status_code=202, response_model=JobPublic)
+@router.post("/{job_id}/retry", status_code=202, response_model=JobPublic,
+             responses=NOT_FOUND_OR_CONFLICT)
 def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
               owner: OwnerDep) -> JobPublic:
     """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
@@ -70,7 +110,7 @@ def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep, fleet: FleetDep,
-              status: str | None = None,
+              status: Annotated[str | None, STATUS_QUERY] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
               cursor: str | None = None) -> JobsPublic:
     """Jobs newest first, a page at a time."""
@@ -81,7 +121,7 @@ def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep, fleet
                       next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep,
             fleet: FleetDep) -> JobPublic:
     return _public(session, job_id, owner, settings, fleet)
@@ -93,7 +133,7 @@ def _public(session: Session, job_id: str, owner: str, settings: Settings,
     return job_service.to_public(session, job, settings.worker_lost_after_s, fleet)
 
 
-@router.get("/{job_id}/metrics")
+@router.get("/{job_id}/metrics", responses=NOT_FOUND)
 def get_metrics(
     job_id: str, session: SessionDep, owner: OwnerDep,
     series: Literal["epochs", "steps"] = "epochs",
@@ -112,7 +152,7 @@ def _event_public(event: Any) -> EventPublic:
     return EventPublic.model_validate(event, from_attributes=True)
 
 
-@router.get("/{job_id}/events", response_model=list[EventPublic])
+@router.get("/{job_id}/events", response_model=list[EventPublic], responses=EVENTS_RESPONSES)
 def get_events(job_id: str, request: Request, session: SessionDep, factory: SessionFactoryDep,
                hub: EventHubDep, owner: OwnerDep,
                after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
@@ -166,7 +206,8 @@ async def _event_stream(hub: EventHub, factory: sessionmaker[Session], job_id: s
                 yield ": keep-alive\n\n"
 
 
-@router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic])
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic],
+            responses=NOT_FOUND)
 def get_checkpoints(job_id: str, session: SessionDep, owner: OwnerDep) -> list[CheckpointPublic]:
     """The kept checkpoints, oldest first."""
     job = job_service.get_job(session, job_id, owner)
@@ -175,9 +216,10 @@ def get_checkpoints(job_id: str, session: SessionDep, owner: OwnerDep) -> list[C
             for c, b in job_service.checkpoints(session, job)]
 
 
-@router.get("/{job_id}/model")
+@router.get("/{job_id}/model", response_class=Response, responses=MODEL_RESPONSES)
 def download_model(job_id: str, session: SessionDep, owner: OwnerDep, blobs: BlobStoreDep,
-                   settings: SettingsDep, format: str | None = None,
+                   settings: SettingsDep,
+                   format: Annotated[str | None, FORMAT_QUERY] = None,
                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """Stream the trained model, or redirect to a presigned URL when it is an object in
     S3 (TRAINERY_MODEL_DOWNLOAD); ETag and X-Trainery-SHA256 carry its sha256."""
@@ -200,7 +242,7 @@ def download_model(job_id: str, session: SessionDep, owner: OwnerDep, blobs: Blo
                              headers=headers)
 
 
-@router.get("/{job_id}/model/card")
+@router.get("/{job_id}/model/card", responses=NOT_FOUND_OR_CONFLICT)
 def model_card(job_id: str, session: SessionDep, owner: OwnerDep) -> JSONResponse:
     """What the trained model takes and returns, how it was trained, how well it did."""
     job = job_service.get_job(session, job_id, owner)

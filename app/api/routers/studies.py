@@ -8,7 +8,20 @@ from celery import Celery
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.deps import CeleryDep, OwnerDep, SessionDep, SessionFactoryDep, SettingsDep
+from app.api.deps import (
+    CeleryDep,
+    OwnerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    UploaderDep,
+)
+from app.api.errors import (
+    BODY_ERRORS,
+    COMMON_ERRORS,
+    NOT_FOUND,
+    NOT_FOUND_OR_CONFLICT,
+)
 from app.db import transaction
 from app.schemas.studies import (
     StudiesPublic,
@@ -22,7 +35,17 @@ from app.services.studies import controller
 from app.services.studies import service as studies
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/studies", tags=["studies"])
+router = APIRouter(prefix="/v1/studies", tags=["studies"], responses=COMMON_ERRORS)
+# The service checks the state itself (its 422 names the field `state`); listed here so
+# that the document says which are accepted.
+STATE_QUERY = Query(json_schema_extra={"enum": list(studies.STATES)})
+
+
+# The writes below run in transactions of their own (the controller's tick must see
+# them committed), so they take the caller from UploaderDep, which holds no unit of
+# work: OwnerDep's key lookup would open the request's session on the write engine,
+# and on SQLite its BEGIN IMMEDIATE would block these transactions until the busy
+# timeout (a 503 after 20 s with any API key; found by schemathesis).
 
 
 def _tick(factory: sessionmaker[Session], celery: Celery, settings: Settings,
@@ -37,9 +60,9 @@ def _public(factory: sessionmaker[Session], study_id: str, owner: str) -> StudyP
         return studies.to_public(session, studies.get(session, study_id, owner))
 
 
-@router.post("", status_code=201, response_model=StudyPublic)
+@router.post("", status_code=201, response_model=StudyPublic, responses=BODY_ERRORS)
 def create_study(req: StudyCreate, response: Response, factory: SessionFactoryDep,
-                 settings: SettingsDep, celery: CeleryDep, owner: OwnerDep) -> StudyPublic:
+                 settings: SettingsDep, celery: CeleryDep, owner: UploaderDep) -> StudyPublic:
     """Store the study, then start its first trials."""
     with transaction(factory) as session:
         study = studies.create(session, req, owner, settings.limits)
@@ -49,7 +72,8 @@ def create_study(req: StudyCreate, response: Response, factory: SessionFactoryDe
 
 
 @router.get("", response_model=StudiesPublic)
-def list_studies(session: SessionDep, owner: OwnerDep, state: str | None = None,
+def list_studies(session: SessionDep, owner: OwnerDep,
+                 state: Annotated[str | None, STATE_QUERY] = None,
                  limit: Annotated[int, Query(ge=1, le=200)] = 50,
                  cursor: str | None = None) -> StudiesPublic:
     """The caller's studies, newest first."""
@@ -59,21 +83,22 @@ def list_studies(session: SessionDep, owner: OwnerDep, state: str | None = None,
                          next_cursor=next_cursor)
 
 
-@router.get("/{study_id}", response_model=StudyPublic)
+@router.get("/{study_id}", response_model=StudyPublic, responses=NOT_FOUND)
 def get_study(study_id: str, session: SessionDep, owner: OwnerDep) -> StudyPublic:
     """State and why it ended, trial counts, epochs trained, the best trial."""
     return studies.to_public(session, studies.get(session, study_id, owner))
 
 
-@router.get("/{study_id}/trials", response_model=list[TrialPublic])
+@router.get("/{study_id}/trials", response_model=list[TrialPublic], responses=NOT_FOUND)
 def get_trials(study_id: str, session: SessionDep, owner: OwnerDep) -> list[TrialPublic]:
     """Every trial: params, state, objective, epochs trained, pruned or not, job id."""
     return studies.trials(session, studies.get(session, study_id, owner))
 
 
-@router.patch("/{study_id}", response_model=StudyPublic)
+@router.patch("/{study_id}", response_model=StudyPublic,
+              responses={**BODY_ERRORS, **NOT_FOUND_OR_CONFLICT})
 def patch_study(study_id: str, change: StudyPatch, factory: SessionFactoryDep,
-                settings: SettingsDep, celery: CeleryDep, owner: OwnerDep) -> StudyPublic:
+                settings: SettingsDep, celery: CeleryDep, owner: UploaderDep) -> StudyPublic:
     """Change max_trials or max_concurrent_trials while the study runs."""
     with transaction(factory) as session:
         studies.patch(session, study_id, owner, change)
@@ -81,8 +106,9 @@ def patch_study(study_id: str, change: StudyPatch, factory: SessionFactoryDep,
     return _public(factory, study_id, owner)
 
 
-@router.post("/{study_id}/cancel", status_code=202, response_model=StudyPublic)
-def cancel_study(study_id: str, factory: SessionFactoryDep, owner: OwnerDep) -> StudyPublic:
+@router.post("/{study_id}/cancel", status_code=202, response_model=StudyPublic,
+             responses=NOT_FOUND_OR_CONFLICT)
+def cancel_study(study_id: str, factory: SessionFactoryDep, owner: UploaderDep) -> StudyPublic:
     """End the study; its queued trials are cancelled at once, running ones at their next
     batch."""
     with transaction(factory) as session:

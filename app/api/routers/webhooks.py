@@ -5,11 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.api.errors import (
+    BODY_ERRORS,
+    COMMON_ERRORS,
+    NOT_FOUND,
+)
 from app.models import Webhook
 from app.schemas.webhooks import DeliveryPublic, WebhookCreate, WebhookPublic
 from app.services import webhooks as webhook_service
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=COMMON_ERRORS)
 
 
 def _public(hook: Webhook, *, with_secret: bool = False) -> WebhookPublic:
@@ -17,7 +22,7 @@ def _public(hook: Webhook, *, with_secret: bool = False) -> WebhookPublic:
                          secret=hook.secret if with_secret else None)
 
 
-@router.post("", status_code=201, response_model=WebhookPublic)
+@router.post("", status_code=201, response_model=WebhookPublic, responses=BODY_ERRORS)
 def create_webhook(body: WebhookCreate, session: SessionDep, owner: OwnerDep,
                    settings: SettingsDep) -> WebhookPublic:
     """Register a URL for the owner's job endings; the answer holds its signing secret."""
@@ -32,14 +37,15 @@ def list_webhooks(session: SessionDep, owner: OwnerDep) -> dict[str, list[Webhoo
     return {"data": [_public(h) for h in webhook_service.list_for(session, owner)]}
 
 
-@router.delete("/{webhook_id}", status_code=204)
+@router.delete("/{webhook_id}", status_code=204, responses=NOT_FOUND)
 def delete_webhook(webhook_id: str, session: SessionDep, owner: OwnerDep) -> Response:
     """Stop deliveries to a URL and forget them."""
     webhook_service.remove(session, webhook_id, owner)
     return Response(status_code=204)
 
 
-@router.get("/{webhook_id}/deliveries", response_model=dict[str, list[DeliveryPublic]])
+@router.get("/{webhook_id}/deliveries", response_model=dict[str, list[DeliveryPublic]],
+            responses=NOT_FOUND)
 def list_deliveries(webhook_id: str, session: SessionDep,
                     owner: OwnerDep) -> dict[str, list[DeliveryPublic]]:
     """The newest 100 deliveries with their last status."""

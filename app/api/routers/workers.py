@@ -8,9 +8,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.api.errors import COMMON_ERRORS
 from app.services import workers as worker_service
 
-router = APIRouter(prefix="/v1/workers", tags=["workers"])
+router = APIRouter(prefix="/v1/workers", tags=["workers"], responses=COMMON_ERRORS)
 
 
 class WorkerPublic(BaseModel):
