@@ -147,9 +147,9 @@ def test_tensorboard_writes_what_the_api_serves(diabetes_job: dict[str, Any], cl
     assert len(list(Path(written["run_dir"]).glob("events.out.tfevents.*"))) == 1
 
 
+# The example trains alike on either backend: once keeps the suite quick.
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 def test_lenet_example_trains(stack: Stack, cli: Cli) -> None:
-    if stack.backend != "sqlite":  # type: ignore[attr-defined]
-        pytest.skip("the example trains alike on either backend; once keeps the suite quick")
     result = cli("submit", str(ROOT / "examples" / "lenet-synthetic.yaml"),
                  "--set", "training.epochs=1", "--set", "dataset.n_samples=500", "--follow")
     assert result.exit_code == 0, result.output
@@ -229,10 +229,10 @@ def test_errors_exit_3_with_the_servers_message(cli: Cli, tmp_path: Path) -> Non
     assert unreachable.exit_code == 3 and "connection_failed" in unreachable.stderr
 
 
+# tests/integration/test_studies.py runs studies on both backends; the CLI only reads
+# their answers: SQLite alone here.
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 def test_a_study_from_yaml_to_the_best_model(stack: Stack, cli: Cli, tmp_path: Path) -> None:
-    if stack.backend != "sqlite":  # type: ignore[attr-defined]
-        pytest.skip("tests/integration/test_studies.py runs studies on both backends; the "
-                    "CLI only reads their answers")
     # The docs' example, cut to two one-or-two-epoch trials on PyTorch: asha pauses both at
     # rung 1, promotes one to epoch 2 and prunes the other.
     created = cli("study", "create", str(ROOT / "examples" / "studies" / "digits.yaml"),
