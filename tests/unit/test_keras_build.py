@@ -339,3 +339,14 @@ def test_a_stop_mid_epoch_checkpoints_and_resumes_at_that_batch() -> None:
             for e, logs in resumed_reports.epochs] == strip
     for a, b in zip(variables(straight), variables(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_spares_warm_up_trains_and_leaves_keras_as_a_fresh_process_has_it() -> None:
+    from workers.runners.tfkeras import framework
+
+    keras.layers.Dense(1)  # an auto-named layer before: its counter moves on
+    framework.warm_up()  # raises if it fails (the spare logs it and goes on)
+    # Keras's global state is reset: a job's auto-named objects get a fresh process's names.
+    assert keras.layers.Dense(1).name == "dense"
+    assert keras.optimizers.Adam().name == "adam"
+    assert keras.mixed_precision.dtype_policy().name == "float32"
