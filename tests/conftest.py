@@ -22,7 +22,7 @@ from tests.harness import (
 BACKENDS = ["sqlite", "postgres"]
 
 
-def test_group(nodeid: str) -> str:
+def work_unit(nodeid: str) -> str:
     """The unit of work an xdist worker takes whole: a test module on one backend.
 
     Each xdist worker keeps a stack per backend for its session, and module-scoped
@@ -40,7 +40,7 @@ def test_group(nodeid: str) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`--dist loadscope` (scripts/test.sh) with test_group's units, the costliest first.
+    """`--dist loadscope` (scripts/test.sh) with work_unit's units, the costliest first.
 
     (xdist's own groups, the `xdist_group` mark, reach its scheduler through
     `item._nodeid`, which pytest 9 no longer reads; the scheduler sees node ids only,
@@ -52,7 +52,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ModuleBackendScheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return test_group(nodeid)
+            return work_unit(nodeid)
 
         def _assign_work_unit(self, node: Any) -> None:
             # Longest first, so no long module starts last: integration modules (which
