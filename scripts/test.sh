@@ -77,11 +77,11 @@ if [ "${TRAINERY_TEST_MYPY:-1}" = 1 ]; then
 fi
 
 # Four workers on two cores: the tests mostly wait on servers, workers and runners.
-# loadgroup keeps each module's tests on one backend's stack together (tests/conftest.py).
+# loadscope, with the units tests/conftest.py makes: a test module on one backend.
 workers="${TRAINERY_TEST_WORKERS:-4}"
 parallel=()
 if [ "$workers" != 0 ]; then
-    parallel=(-n "$workers" --dist loadgroup)
+    parallel=(-n "$workers" --dist loadscope)
 fi
 rc=0
 python -m pytest -q -p no:cacheprovider --durations=15 ${parallel[@]+"${parallel[@]}"} "$@" || rc=$?

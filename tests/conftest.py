@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -21,24 +22,47 @@ from tests.harness import (
 BACKENDS = ["sqlite", "postgres"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into its node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep a module's tests on one backend's stack together under xdist.
+def work_unit(nodeid: str) -> str:
+    """The unit of work an xdist worker takes whole: a test module on one backend.
 
-    Each xdist worker starts its own session `stack` per backend, and module-scoped
-    fixtures built on it (a trained job, a CLI) would be rebuilt on every worker that
-    runs one of the module's tests: one group per (module, backend) builds them once.
-    `--dist loadgroup` (scripts/test.sh) honours the mark; a serial run ignores it.
-    Known gap: pytest-xdist 3.8 writes the group into `item._nodeid`, which pytest 9
-    no longer reads, so under pytest 9 the marks group nothing yet (every test is
-    its own unit, as with `--dist load`).
+    Each xdist worker keeps a stack per backend for its session, and module-scoped
+    fixtures built on one (a trained job, a CLI, a browser) are built once per module
+    and backend only if that module's tests on that backend run on one worker, in a row.
+    Unit tests stay one unit each: they are cheap and fill the idle ends of the run.
     """
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and "stack" in callspec.params:
-            module = item.nodeid.split("::", 1)[0]
-            # xdist reads a group only after an '@' behind the id's last ']': no brackets.
-            item.add_marker(pytest.mark.xdist_group(f"{module}::{callspec.params['stack']}"))
+    module, _, name = nodeid.partition("::")
+    if not module.startswith("tests/integration/"):
+        return nodeid
+    params = name[name.find("[") + 1:-1].split("-") if name.endswith("]") else []
+    backend = next((p for p in params if p in BACKENDS), "")
+    return f"{module}::{backend}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` (scripts/test.sh) with work_unit's units, the costliest first.
+
+    (xdist's own groups, the `xdist_group` mark, reach its scheduler through
+    `item._nodeid`, which pytest 9 no longer reads; the scheduler sees node ids only,
+    so the grouping is a function of the id.)
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleBackendScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # Longest first, so no long module starts last: integration modules (which
+            # start processes and train) before unit tests, more tests before fewer.
+            heaviest = max(self.workqueue, key=lambda scope: (
+                scope.startswith("tests/integration/"), len(self.workqueue[scope])))
+            self.workqueue.move_to_end(heaviest, last=False)
+            super()._assign_work_unit(node)
+
+    return ModuleBackendScheduling(config, log)
 
 
 def _database(backend: str, tmp: Path) -> str:
@@ -80,23 +104,40 @@ def factory(engine: Engine) -> sessionmaker[Session]:
     return make_sessionmaker(engine)
 
 
+@pytest.fixture(scope="session")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
+    """A running API and one worker per backend, each started when a test first asks,
+    kept for the whole session of this (xdist) process."""
+    started: dict[str, Stack] = {}
+    yield started
+    for backend, s in started.items():
+        try:
+            s.stop()
+        finally:
+            if backend == "postgres":
+                drop_postgres_database(s.database_url)
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
-def stack(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A running API and one worker, shared by a session's integration tests per backend."""
-    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
-    url = _database(request.param, tmp)
-    migrate(url)
-    s = Stack(url, tmp)
-    s.backend = request.param  # type: ignore[attr-defined]
-    try:
+def stack(request: pytest.FixtureRequest, stacks: dict[str, Stack],
+          tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """A running API and one worker, shared by a session's integration tests per backend.
+
+    pytest tears a parametrized fixture down whenever the next test wants the other
+    parameter; the stacks themselves live in `stacks`, so a worker that alternates
+    between backends does not restart them.
+    """
+    backend: str = request.param
+    if backend not in stacks:
+        tmp = tmp_path_factory.mktemp(f"stack-{backend}")
+        url = _database(backend, tmp)
+        migrate(url)
+        s = Stack(url, tmp)
+        s.backend = backend  # type: ignore[attr-defined]
+        stacks[backend] = s
         s.start_api()
         s.start_worker("w1")
-        yield s
-    finally:
-        s.stop()
-        if request.param == "postgres":
-            drop_postgres_database(url)
+    return stacks[backend]
 
 
 # Settings that make fault handling fast enough to test: a worker is lost after

@@ -20,41 +20,15 @@ import setproctitle
 _SPAWNED = time.time()
 
 
-# The Keras trainer's methods that tf.function converts at a job's first step:
-# AutoGraph's source-to-source work (1-3 s), cached per function in the process.
-KERAS_CONVERTED = ("_train_step", "_sums", "_eval_step")
-
-
 def warm_up(framework: str) -> None:
-    """Do ahead what a job's first step would otherwise do lazily, touching no GPU and
-    leaving no state a job could see.
+    """The framework's warm-up (Framework.warm_up): what a job's first step would
+    otherwise do lazily; a failure only costs the job that time."""
+    from workers.runners import preload
 
-    PyTorch: a throwaway optimizer step on the CPU (the first optimizer imports
-    torch._dynamo, seconds; the job reseeds every generator before it starts). Keras:
-    AutoGraph's conversion of the trainer's step functions, pure Python; no TensorFlow
-    op runs (that would initialise the devices, before the job's configure_devices,
-    and on a GPU take a CUDA context) and no Keras layer is built (that would shift
-    the job's layer names).
-    """
-    if framework == "pytorch":
-        import torch
-
-        layer = torch.nn.Linear(2, 1)
-        optimizer = torch.optim.Adam(layer.parameters())
-        layer(torch.zeros(1, 2)).sum().backward()
-        optimizer.step()
-        return
     try:
-        import tensorflow as tf
-
-        from workers.runners.tfkeras.trainer import KerasTrainer
-
-        for name in KERAS_CONVERTED:
-            method = getattr(KerasTrainer, name, None)
-            if callable(method):
-                tf.autograph.to_graph(method)
+        preload(framework).warm_up()
     except Exception:  # noqa: BLE001 - only the first step's speed depends on it
-        logging.getLogger(__name__).exception("converting the Keras step ahead failed")
+        logging.getLogger(__name__).exception("warming the %s runner up failed", framework)
 
 
 def main(argv: list[str]) -> int:

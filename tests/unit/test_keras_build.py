@@ -374,3 +374,14 @@ def test_tensorflows_failed_allocations_are_out_of_memory() -> None:
 
     assert out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
     assert not out_of_memory(tf.errors.InvalidArgumentError(None, None, "bad shape"))
+
+
+def test_the_spares_warm_up_trains_and_leaves_keras_as_a_fresh_process_has_it() -> None:
+    from workers.runners.tfkeras import framework
+
+    keras.layers.Dense(1)  # an auto-named layer before: its counter moves on
+    framework.warm_up()  # raises if it fails (the spare logs it and goes on)
+    # Keras's global state is reset: a job's auto-named objects get a fresh process's names.
+    assert keras.layers.Dense(1).name == "dense"
+    assert keras.optimizers.Adam().name == "adam"
+    assert keras.mixed_precision.dtype_policy().name == "float32"

@@ -49,6 +49,11 @@ class Framework(Protocol):
         process group or spread over its devices) and seed the framework; a handle."""
         ...
 
+    def warm_up(self) -> None:
+        """In a spare, before its job: what a first step would otherwise do lazily, and
+        job-independent, leaving nothing a job could see (no device taken, no seed)."""
+        ...
+
     def make_backend(self, spec: JobSpec, data: Dataset, model_args: ModelArgs,
                      device: Any) -> Any:
         """Build the model from build_model's model_args and the loop's backend for it."""

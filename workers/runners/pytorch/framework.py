@@ -44,6 +44,15 @@ def setup(spec: JobSpec, device: str, replicas: Replicas) -> tuple[torch.device,
     return resolved, replicas
 
 
+def warm_up() -> None:
+    """A throwaway optimizer step on the CPU, in a spare before its job: the first
+    optimizer imports torch._dynamo (seconds). The job reseeds every generator first."""
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(layer.parameters())
+    layer(torch.zeros(1, 2)).sum().backward()
+    optimizer.step()
+
+
 def make_backend(spec: JobSpec, data: Dataset, model_args: ModelArgs,
                  place: tuple[torch.device, Replicas]) -> TorchBackend:
     """The model for model_args, on the device, in a (data-parallel) backend."""

@@ -6,10 +6,12 @@ import contextlib
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from app.core.spec import JobSpec
-from workers.datasets import Dataset
+from workers.datasets import Dataset, input_stats
+from workers.modelspec import resolve
 from workers.reporting import JobReporter
 from workers.runners import ModelArgs
 from workers.runners.onnx_artifact import output_name, save_onnx
@@ -43,6 +45,50 @@ def setup(spec: JobSpec, device: str, replicas: Replicas) -> tuple[Any | None, i
     gpu = configure_devices(device, replicas.slots)
     keras.utils.set_random_seed(spec.training.seed)
     return gpu, replicas.slots
+
+
+# What a spare trains a step of before its job: the MLP preset on vectors, and a
+# small convolutional net with the layers of the image presets (lenet5, resnet8,
+# airbench), each on a few random samples of three classes.
+WARM_UP_MODELS: tuple[tuple[dict[str, Any], tuple[int, ...]], ...] = (
+    ({"preset": "mlp"}, (4,)),
+    ({"layers": [{"type": "conv2d", "filters": 4, "activation": "relu"},
+                 {"type": "batchnorm"}, {"type": "maxpool2d"}, {"type": "avgpool2d"},
+                 {"type": "residual", "filters": 4, "strides": 2},
+                 {"type": "global_avgpool"}]}, (8, 8, 1)),
+)
+
+
+def warm_up() -> None:
+    """In a spare on a host without a GPU: start TensorFlow's runtime and run tiny
+    models' train and eval steps through the job's own code, then reset Keras's
+    global state (layer-name counters, seed generator, dtype policy).
+
+    A job's first step otherwise pays for both: the runtime starts with its first op,
+    and the first trace in a process converts Keras's layer code with AutoGraph
+    (cached per process, seconds; the job's own model still traces, in a fraction of
+    that). The job then seeds every generator itself (setup). With a GPU visible
+    nothing runs: an op would take a CUDA context in an idle spare, before the job's
+    configure_devices.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return
+    configure_devices("cpu")
+    rng = np.random.default_rng(0)
+    for model, shape in WARM_UP_MODELS:
+        spec = JobSpec.model_validate({
+            "name": "warm-up", "framework": "keras", "dataset": {"builtin": "iris"},
+            "model": model, "training": {"epochs": 1, "batch_size": 4}})
+        x = rng.normal(size=(8, *shape)).astype(np.float32)
+        y = np.arange(8, dtype=np.int64) % 3
+        data = Dataset("warm-up", "classification", x, y, x, y, ["a", "b", "c"])
+        mean, std = input_stats(x)
+        args = ModelArgs(resolve(spec.model, shape), shape, 3, mean, std, None, None)
+        backend = make_backend(spec, data, args, None)
+        for batch in backend.batches(1):
+            backend.train_batch(batch)
+        backend.evaluate().numpy()
+    keras.backend.clear_session()
 
 
 def make_backend(spec: JobSpec, data: Dataset, model_args: ModelArgs,
