@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from workers.training.replicas import Replicas
-from workers.warmpool import PROJECT_ROOT, RunContext, runner_preexec, runner_env
+from workers.warmpool import PROJECT_ROOT, RunContext, runner_env, runner_preexec
 
 GROUP_GRACE_S = 3.0
 POLL_S = 0.05

@@ -81,7 +81,8 @@ def test_write_behind_lands_every_write_in_order_off_the_calling_thread(
             assert session.query(Checkpoint).count() == 0
     r.record_epoch(2, 3, {"loss": 0.25}, None)  # first waits for epoch 1's writes
     with factory() as session:  # epoch 1 has landed; epoch 2 may have, by now, or not
-        assert [m.epoch for m in session.query(EpochMetrics).order_by(EpochMetrics.epoch)][:1] == [1]
+        epochs = [m.epoch for m in session.query(EpochMetrics).order_by(EpochMetrics.epoch)]
+        assert epochs[:1] == [1]
         assert session.query(Checkpoint).count() == 1
     r.close()
     with factory() as session:

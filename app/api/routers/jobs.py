@@ -20,7 +20,6 @@ from app.api.deps import (
     SettingsDep,
     UnitOfWorkDep,
 )
-from app.api.followers import EventHub, Frame, read_after, wait
 from app.api.errors import (
     BODY_ERRORS,
     COMMON_ERRORS,
@@ -28,6 +27,7 @@ from app.api.errors import (
     NOT_FOUND_OR_CONFLICT,
     error_responses,
 )
+from app.api.followers import EventHub, Frame, read_after, wait
 from app.blobstore import BlobInfo
 from app.core.errors import InvalidInput, ModelNotReady, problem
 from app.core.spec import JobSpec
