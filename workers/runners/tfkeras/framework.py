@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from app.core.modelspec import resolve
 from app.core.spec import JobSpec
 from workers.datasets import Dataset, input_stats
-from workers.modelspec import resolve
 from workers.reporting import JobReporter
 from workers.runners import ModelArgs
 from workers.runners.onnx_artifact import output_name, save_onnx
@@ -84,7 +84,7 @@ def warm_up() -> None:
         data = Dataset("warm-up", "classification", x, y, x, y, ["a", "b", "c"])
         mean, std = input_stats(x)
         args = ModelArgs(resolve(spec.model, shape), shape, 3, mean, std, None, None)
-        backend = make_backend(spec, data, args, None)
+        backend = make_backend(spec, data, args, (None, 1))
         for batch in backend.batches(1):
             backend.train_batch(batch)
         backend.evaluate().numpy()
