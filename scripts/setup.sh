@@ -3,8 +3,9 @@
 # that pip finds locally and a CUDA box takes the CUDA one), then the client
 # distribution (./client: the SDK and the `trainery` command) and the server, both
 # editable, in one pip call (the server depends on trainery-client).
-#   scripts/setup.sh            the service with the PyTorch runner
-#   scripts/setup.sh test       plus Keras/TensorFlow and the test tools
+#   scripts/setup.sh            the service with both runners (PyTorch, Keras/TensorFlow):
+#                               the same spec trains in either, and a study may search both
+#   scripts/setup.sh test       plus the test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,7 +26,7 @@ if ! python -c "import torch" 2>/dev/null; then
     # (CPU or CUDA) the machine's indexes offer.
     python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4,<2.15"
 fi
-extras="torch"
+extras="torch,keras"
 [ "$want" = "test" ] && extras="torch,keras,dev"
 python -m pip install -q -e ./client -e ".[$extras]"
 # A venv from before the client split has a `trainery` whose uninstall takes the

@@ -99,12 +99,18 @@ def _note_start_times(factory: sessionmaker[Session], job_id: str) -> None:
 
 
 def out_of_memory(exc: BaseException, framework: object) -> bool:
-    """Whether exc, or an exception it was raised from, is an allocation that failed."""
+    """Whether exc, or an exception it was raised from, is an allocation that failed.
+
+    The framework's own check is asked only once its module is imported: a framework
+    that failed to import (not installed on this worker) raised no allocation error,
+    and importing it again here would raise out of the runner's error handling."""
     seen: BaseException | None = exc
+    module = FRAMEWORKS.get(str(framework))
+    loaded = module is not None and module in sys.modules
     while seen is not None:
         if isinstance(seen, MemoryError):
             return True
-        if framework in FRAMEWORKS and import_framework(str(framework)).out_of_memory(seen):
+        if loaded and import_framework(str(framework)).out_of_memory(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -28,6 +28,10 @@ def test_a_capped_process_gets_memory_errors_not_the_machines_memory() -> None:
 def test_allocation_failures_are_out_of_memory() -> None:
     import torch
 
+    from workers.runners import preload
+
+    preload("pytorch")  # as in a runner: its framework is imported before training fails
+
     try:
         torch.empty(1 << 62, dtype=torch.uint8)
     except RuntimeError as exc:
@@ -44,3 +48,16 @@ def test_allocation_failures_are_out_of_memory() -> None:
     assert not runner.out_of_memory(RuntimeError("injected fault"), "pytorch")
     message = runner.out_of_memory_message(torch_error, "cpu", Settings())
     assert "ran out of memory on cpu" in message and "TRAINERY_RUNNER_MEMORY_BYTES" in message
+
+
+def test_a_framework_that_is_not_installed_is_no_allocation_failure() -> None:
+    # A worker without TensorFlow (`scripts/setup.sh run` installs PyTorch's runner only)
+    # given a Keras job: the runner's error handling must not import it again, or the
+    # runner dies without a result ("runner_crashed") instead of saying what is missing.
+    code = ("import sys\nsys.modules['tensorflow'] = None\nsys.modules['keras'] = None\n"
+            "from workers import runner\n"
+            "try:\n    runner.import_framework('keras')\n"
+            "except ImportError as exc:\n    print(runner.out_of_memory(exc, 'keras'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["False"], out.stderr
