@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -32,7 +28,7 @@ from app.core.spec import Conv2DLayer, DenseLayer, JobSpec, ResidualLayer
 from app.core.states import JobStatus
 from app.models import Artifact, Blob, Checkpoint, EpochMetrics, Job, JobEvent, WorkerRecord
 from app.schemas.jobs import JobError, JobPublic, Progress
-from app.services import datasets, lifecycle, workers
+from app.services import cursors, datasets, lifecycle, workers
 from app.services.unit_of_work import UnitOfWork
 from app.settings import Limits
 
@@ -210,20 +206,6 @@ def retry(uow: UnitOfWork, job_id: str, owner: str) -> Job:
     return job
 
 
-def _encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidInput([problem(("cursor",), "not a cursor this API returned")]) from exc
-
-
 def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
               cursor: str | None, name_contains: str | None = None) -> tuple[list[Job], str | None]:
     """A page of jobs, newest first, and the cursor of the next page."""
@@ -236,12 +218,15 @@ def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
                                         + ", ".join(s.value for s in JobStatus))])
         stmt = stmt.where(Job.status == status)
     if cursor is not None:
-        created, job_id = _decode_cursor(cursor)
+        created, job_id = cursors.decode(cursor)
         stmt = stmt.where(or_(Job.created_at < created,
                               and_(Job.created_at == created, Job.id < job_id)))
     jobs = list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc())
                                 .limit(limit + 1)))
-    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    next_cursor = None
+    if len(jobs) > limit:
+        last = jobs[limit - 1]
+        next_cursor = cursors.encode(last.created_at, last.id)
     return jobs[:limit], next_cursor
 
 

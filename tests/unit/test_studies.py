@@ -205,6 +205,26 @@ def public(factory: sessionmaker[Session], study_id: str) -> Any:
         return service.to_public(session, service.get(session, study_id, "alice"))
 
 
+def test_studies_page_through_a_cursor_and_a_bad_cursor_is_named(
+        factory: sessionmaker[Session]) -> None:
+    made = [create(factory, study_request({"name": "random", "max_trials": 1}))
+            for _ in range(3)]
+    seen: list[str] = []
+    cursor = None
+    with factory() as session:
+        while True:
+            page, cursor = service.list_studies(session, "alice", state=None, limit=2,
+                                                cursor=cursor)
+            seen += [s.id for s in page]
+            if cursor is None:
+                break
+        # Each once across pages (created in one instant, ties go by id: no order asserted).
+        assert sorted(seen) == sorted(made)
+        with pytest.raises(InvalidInput) as refused:
+            service.list_studies(session, "alice", state=None, limit=2, cursor="not-one")
+    assert refused.value.detail[0]["path"] == "cursor"
+
+
 def test_random_study_keeps_concurrency_and_ends(factory: sessionmaker[Session]) -> None:
     study_id = create(factory, study_request({"name": "random", "max_trials": 3,
                                               "max_concurrent_trials": 2, "seed": 7}))

@@ -16,8 +16,7 @@ from app.schemas.studies import (
     StudyPublic,
     TrialPublic,
 )
-from app.services import datasets
-from app.services.jobs import _decode_cursor, _encode_cursor
+from app.services import cursors, datasets
 from app.services.studies import controller
 from app.services.studies.validation import validate
 from app.settings import Limits
@@ -64,12 +63,15 @@ def list_studies(session: Session, owner: str, *, state: str | None, limit: int,
                                         + ", ".join(STATES))])
         stmt = stmt.where(Study.state == state)
     if cursor is not None:
-        created, last_id = _decode_cursor(cursor)
+        created, last_id = cursors.decode(cursor)
         stmt = stmt.where(or_(Study.created_at < created,
                               and_(Study.created_at == created, Study.id < last_id)))
     rows = list(session.scalars(stmt.order_by(Study.created_at.desc(), Study.id.desc())
                                 .limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None  # type: ignore[arg-type]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = cursors.encode(last.created_at, last.id)
     return rows[:limit], next_cursor
 
 
