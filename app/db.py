@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "trainery_write"
+AUTOCOMMIT_OPTION = "trainery_autocommit"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -32,8 +35,23 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(AUTOCOMMIT_OPTION, False):
+            return  # reader(): each statement on its own
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN")
+
+
+def json_loads(text: str | bytes) -> Any:
+    """JSON columns as read: orjson (a job's spec parses several times faster, and a page
+    of jobs is 50 specs), else json for what orjson refuses (NaN, which json.dumps writes).
+
+    orjson reads an integer past 64 bits as a float; none is ever stored: every JSON body
+    the API takes refuses one (app/core/strict.py), and runners report floats.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -48,15 +66,29 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         in_memory = url in ("sqlite://", "sqlite:///:memory:")
         pool = {} if in_memory else {"pool_size": pool_size, "max_overflow": pool_size}
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               **pool)
+                               json_deserializer=json_loads, **pool)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                         json_deserializer=json_loads)
 
 
 def writer(engine: Engine) -> Engine:
     """engine whose transactions take the write lock up front (SQLite BEGIN IMMEDIATE)."""
     return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def reader(engine: Engine) -> Engine:
+    """engine whose sessions read outside a transaction: each statement sees the store as
+    it was when that statement ran, and a session costs no BEGIN and no ROLLBACK (round
+    trips, on PostgreSQL). For reads that are one statement, such as a poll of a job.
+
+    SQLite's own AUTOCOMMIT level is not used: SQLAlchemy resets it on checkin by turning
+    pysqlite's transaction handling back on, which _configure_sqlite turned off.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{AUTOCOMMIT_OPTION: True})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

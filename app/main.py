@@ -14,7 +14,7 @@ from app.api.followers import EventHub
 from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
 from app.broker import make_celery
-from app.db import make_engine, make_sessionmaker, writer
+from app.db import make_engine, make_sessionmaker, reader, writer
 from app.observability.logging import configure_logging, install_request_ids
 from app.observability.metrics import count_statements, install_metrics
 from app.services.workers import FleetSnapshot
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = s
         app.state.engine = engine
         app.state.write_engine = writer(engine)
+        app.state.read_engine = reader(engine)
         app.state.admission = Admission(s.resolved_db_slots(), s.api_queue_wait_s,
                                         s.api_queue_max, s.api_retry_after_s)
         app.state.conversions = Admission(s.max_conversions, s.conversion_wait_s,

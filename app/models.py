@@ -100,6 +100,9 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+        # A queued job's place in its queue (how many are ahead of it) is an index range
+        # count, at any store size (app/services/workers.py).
+        Index("ix_jobs_queue_position", "status", "queue", "priority", "created_at", "id"),
     )
 
 

@@ -11,7 +11,11 @@ For each database and store size it prints, in one run and side by side:
 `GET /healthz`, `GET /v1/jobs/{id}` (a queued job: its pending reason is computed)
 and `GET /v1/jobs` (the first page), each with p50/p99, the request rate and its
 ratio to /healthz, against the targets (p99 <= 50 ms, >= 0.5x /healthz, 0 errors,
-p99 at the largest store <= 1.5x p99 at the smallest). Then, on the smallest store,
+p99 at the largest store <= 1.5x p99 at the smallest): 64 pollers, each sending its
+next request as soon as the last is answered (the most the server gives). Then the
+same three at a fixed pace, as SDK pollers poll (each every --paced-interval-s,
+0.2 s: the SDK's first interval; latency from when each request was due). Then, on
+the smallest store,
 SSE: FOLLOWERS followers of FOLLOWED running jobs while this process appends log
 events through app.services.lifecycle; every follower must get every event once,
 in order, then `end`; p99 event latency (event ts -> received) <= 1 s; the API's
@@ -20,6 +24,7 @@ followers and with all of them; and GET /v1/jobs/{id} p99 under the same load.
 
     python -m bench.service [--dbs sqlite,postgres] [--sizes 1000,100000]
                             [--requests 4000] [--followers 1000] [--quick]
+                            [--paced-interval-s 0.2] [--paced-s 8]
 """
 
 from __future__ import annotations
@@ -176,6 +181,55 @@ def load(port: int, path: str, connections: int, requests: int, max_s: float) ->
     for t in threads:
         t.join()
     result.wall_s = time.perf_counter() - started
+    return result
+
+
+def paced(port: int, path: str, connections: int, interval_s: float, duration_s: float) -> Load:
+    """Each connection GETs path once every interval_s, staggered, as SDK pollers do.
+
+    Open loop: a request's latency counts from when it was due, so a request sent
+    late because the one before was slow counts that wait (no coordinated omission).
+    """
+    result = Load()
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.5
+    end = start + duration_s
+
+    def poller(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        mine: list[float] = []
+        errors = 0
+        due = start + k * interval_s / connections
+        while due < end:
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    errors += 1
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            else:
+                mine.append(time.perf_counter() - due)
+            due += interval_s
+        conn.close()
+        with lock:
+            result.latencies_s.extend(mine)
+            result.errors += errors
+
+    threads = [threading.Thread(target=poller, args=(k,), daemon=True)
+               for k in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.wall_s = time.perf_counter() - start  # past `end` when answers came late
     return result
 
 
@@ -375,6 +429,20 @@ def report_get(name: str, run: Load, health: Load) -> None:
           f"  errors {run.errors}  [{mark(ok)}]", flush=True)
 
 
+def report_paced(port: int, job_id: str, args: argparse.Namespace) -> None:
+    every = args.paced_interval_s
+    print(f"  paced: {args.connections} pollers, each one GET every {every:g} s "
+          f"({args.connections / every:.0f} req/s offered) for {args.paced_s:g} s, latency "
+          "from when each was due:", flush=True)
+    for name, path in (("GET /healthz", "/healthz"), ("GET /v1/jobs/{id}", f"/v1/jobs/{job_id}"),
+                       ("GET /v1/jobs (page 1)", "/v1/jobs")):
+        run = paced(port, path, args.connections, every, args.paced_s)
+        ok = run.p(0.99) <= P99_TARGET_MS and run.errors == 0
+        verdict = "" if path == "/healthz" else f" (<= {P99_TARGET_MS:g}) [{mark(ok)}]"
+        print(f"    {name:<22} p50 {run.p(0.5):6.1f} ms  p99 {run.p(0.99):7.1f} ms{verdict}"
+              f"  {run.rate:5.0f} req/s answered  errors {run.errors}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dbs", default="sqlite,postgres")
@@ -382,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--requests", type=int, default=4000, help="per GET phase")
     parser.add_argument("--max-s", type=float, default=30.0, help="per GET phase")
+    parser.add_argument("--paced-interval-s", type=float, default=0.2,
+                        help="also poll at a fixed pace (the SDK's first interval); 0: skip")
+    parser.add_argument("--paced-s", type=float, default=8.0, help="per paced phase")
     parser.add_argument("--followers", type=int, default=1000)
     parser.add_argument("--followed-jobs", type=int, default=10)
     parser.add_argument("--event-rate", type=float, default=2.0, help="events/s per job")
@@ -417,6 +488,8 @@ def main(argv: list[str] | None = None) -> None:
                     report_get("GET /v1/jobs/{id}", one, health)
                     report_get("GET /v1/jobs (page 1)", page, health)
                     p99s[size] = (one.p(0.99), page.p(0.99))
+                    if args.paced_interval_s > 0:
+                        report_paced(stack.port, job_id, args)
                     if size == sizes[0]:
                         run_sse(url, stack.port, args)
                 finally:

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.admission import Admission
@@ -75,10 +76,6 @@ async def get_event_hub(request: Request) -> EventHub:
     return request.app.state.event_hub  # type: ignore[no-any-return]
 
 
-async def get_fleet(request: Request) -> FleetSnapshot:
-    return request.app.state.fleet  # type: ignore[no-any-return]
-
-
 async def get_blobstore(request: Request) -> BlobStore:
     return request.app.state.blobstore  # type: ignore[no-any-return]
 
@@ -140,13 +137,50 @@ async def get_uploader(request: Request, settings: Annotated[Settings, Depends(g
         return await run_in_threadpool(_owner, request, settings, authorization, lookup)
 
 
+class Reader:
+    """A read-only route's one trip to the store: admitted, one thread call, bytes out.
+
+    A poll is the service's most frequent request. Here it costs one admission slot
+    and one threadpool hop, in which the owner is resolved (a key's lookup included),
+    the read runs on a session outside a transaction (app.db.reader: a read of one
+    statement needs none) that is closed before the thread returns, and the answer is
+    serialized; the route returns those bytes, so FastAPI validates and encodes nothing
+    again. A unit of work (get_uow) would add an exit stack and a second hop to commit.
+    """
+
+    def __init__(self, request: Request, authorization: str | None) -> None:
+        self.request = request
+        self.authorization = authorization
+        self.settings: Settings = request.app.state.settings
+        self.fleet: FleetSnapshot = request.app.state.fleet
+
+    async def json(self, read: Callable[[Session, str], BaseModel]) -> Response:
+        """200 with read(session, owner) as JSON; an error read raises becomes its answer."""
+        state = self.request.app.state
+        async with state.admission.slot():
+            body = await run_in_threadpool(self._run, read)
+        return Response(body, media_type="application/json")
+
+    def _run(self, read: Callable[[Session, str], BaseModel]) -> bytes:
+        state = self.request.app.state
+        with state.sessionmaker(bind=state.read_engine) as session:
+            owner = _owner(self.request, self.settings, self.authorization,
+                           lambda token: keys.owner_for(session, token))
+            return read(session, owner).model_dump_json().encode()
+
+
+async def get_reader(request: Request,
+                     authorization: Annotated[str | None, Security(API_KEY)] = None) -> Reader:
+    return Reader(request, authorization)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 BlobStoreDep = Annotated[BlobStore, Depends(get_blobstore)]
 EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
-FleetDep = Annotated[FleetSnapshot, Depends(get_fleet)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 UploaderDep = Annotated[str, Depends(get_uploader)]
+ReaderDep = Annotated[Reader, Depends(get_reader)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Row, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,19 @@ from app.settings import Limits
 
 # Where to_public reads the live fleet from (workers.FleetSnapshot; default: the store).
 Fleet = Callable[[Session], list[WorkerRecord]]
+
+# What a read of jobs selects: the columns JobPublic shows, owner and queue (not the
+# model card), and for a queued job how many are ahead of it (workers.AHEAD). Reads are
+# Core statements on the session's connection, not ORM entities: a poll is answered at a
+# fraction of the cost (bench/service.py), and the statement is built once, so
+# SQLAlchemy compiles it once.
+_JOBS = Job.__table__
+PUBLIC_COLUMNS = (*(_JOBS.c[name] for name in (
+    "id", "owner", "name", "framework", "status", "attempt", "worker", "priority", "queue",
+    "created_at", "updated_at", "started_at", "finished_at", "heartbeat_at", "progress_epoch",
+    "progress_epochs", "metrics", "best", "error_type", "error_message", "spec")),
+    workers.AHEAD)
+_ONE_JOB = select(*PUBLIC_COLUMNS).where(_JOBS.c.id == bindparam("job_id"))
 
 
 class IdempotencyMismatch(InvalidInput):
@@ -206,23 +219,35 @@ def retry(uow: UnitOfWork, job_id: str, owner: str) -> Job:
     return job
 
 
+def read_job(session: Session, job_id: str, owner: str) -> Row[Any]:
+    """The job's PUBLIC_COLUMNS, or JobNotFound: what the API shows of get_job's job (with
+    what this session has written, flushed first)."""
+    session.flush()
+    row = session.connection().execute(_ONE_JOB, {"job_id": job_id}).one_or_none()
+    if row is None or row.owner != owner:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return row
+
+
 def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
-              cursor: str | None, name_contains: str | None = None) -> tuple[list[Job], str | None]:
-    """A page of jobs, newest first, and the cursor of the next page."""
-    stmt = select(Job).where(Job.owner == owner)
+              cursor: str | None, name_contains: str | None = None
+              ) -> tuple[list[Row[Any]], str | None]:
+    """A page of jobs (rows of PUBLIC_COLUMNS), newest first, and the next page's cursor."""
+    c = _JOBS.c
+    stmt = select(*PUBLIC_COLUMNS).where(c.owner == owner)
     if name_contains:
-        stmt = stmt.where(func.lower(Job.name).contains(name_contains.lower(), autoescape=True))
+        stmt = stmt.where(func.lower(c.name).contains(name_contains.lower(), autoescape=True))
     if status is not None:
         if status not in {s.value for s in JobStatus}:
             raise InvalidInput([problem(("status",), f"unknown status {status!r}; choose one of "
                                         + ", ".join(s.value for s in JobStatus))])
-        stmt = stmt.where(Job.status == status)
+        stmt = stmt.where(c.status == status)
     if cursor is not None:
         created, job_id = cursors.decode(cursor)
-        stmt = stmt.where(or_(Job.created_at < created,
-                              and_(Job.created_at == created, Job.id < job_id)))
-    jobs = list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc())
-                                .limit(limit + 1)))
+        stmt = stmt.where(or_(c.created_at < created,
+                              and_(c.created_at == created, c.id < job_id)))
+    jobs = list(session.connection().execute(
+        stmt.order_by(c.created_at.desc(), c.id.desc()).limit(limit + 1)))
     next_cursor = None
     if len(jobs) > limit:
         last = jobs[limit - 1]
@@ -230,13 +255,13 @@ def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
     return jobs[:limit], next_cursor
 
 
-def to_public(session: Session, job: Job, lost_after_s: float = 30.0,
+def to_public(session: Session, job: Row[Any], lost_after_s: float = 30.0,
               fleet: Fleet | None = None) -> JobPublic:
     """The job as the API shows it."""
     return to_public_page(session, [job], lost_after_s, fleet)[0]
 
 
-def to_public_page(session: Session, jobs: list[Job], lost_after_s: float = 30.0,
+def to_public_page(session: Session, jobs: Sequence[Row[Any]], lost_after_s: float = 30.0,
                    fleet: Fleet | None = None) -> list[JobPublic]:
     """Jobs as the API shows them; pending reasons for the whole page in a fixed few queries
     (fleet: where the live fleet comes from, e.g. a process's workers.FleetSnapshot)."""
@@ -244,7 +269,7 @@ def to_public_page(session: Session, jobs: list[Job], lost_after_s: float = 30.0
     return [_public(job, reasons.get(job.id)) for job in jobs]
 
 
-def _public(job: Job, pending_reason: str | None) -> JobPublic:
+def _public(job: Row[Any], pending_reason: str | None) -> JobPublic:
     error = (JobError(type=job.error_type, message=job.error_message or "")
              if job.error_type else None)
     return JobPublic(

@@ -141,7 +141,7 @@ def _list_context(page: Page, db: SessionDep, lost_after_s: float, status: str |
     jobs, next_cursor = job_service.list_jobs(db, page.owner, status=status or None,
                                               limit=PAGE_SIZE, cursor=cursor or None,
                                               name_contains=(q or "").strip()[:200] or None)
-    public = [job_service.to_public(db, j, lost_after_s) for j in jobs]
+    public = job_service.to_public_page(db, jobs, lost_after_s)
     query = {k: v for k, v in (("status", status), ("q", q)) if v}
     return {"jobs": public, "status": status or "", "q": q or "",
             "next_url": ("/?" + urlencode({**query, "cursor": next_cursor}))
@@ -174,7 +174,8 @@ def jobs_fragment(page: PageDep, db: SessionDep, settings: SettingsDep,
 def job_page(job_id: str, page: PageDep, db: SessionDep, settings: SettingsDep) -> Response:
     """Status, live curves, events, spec, checkpoints, model card and actions of one job."""
     job = job_service.get_job(db, job_id, page.owner)
-    public = job_service.to_public(db, job, settings.worker_lost_after_s)
+    public = job_service.to_public(db, job_service.read_job(db, job_id, page.owner),
+                                   settings.worker_lost_after_s)
     rows = runs.series(db, job)
     events = job_service.events(db, job, 0, PAGE_EVENTS)
     unavailable = ((job.model_card or {}).get("unavailable_formats") or {})

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.deps import (
     BlobStoreDep,
     EventHubDep,
-    FleetDep,
     OwnerDep,
+    ReaderDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -36,7 +36,6 @@ from app.core.strict import INT64_MAX
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, JobsPublic
 from app.services import jobs as job_service
 from app.services import steps as step_service
-from app.services.jobs import Fleet
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON_ERRORS)
@@ -109,28 +108,33 @@ def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, owner: OwnerDep, settings: SettingsDep, fleet: FleetDep,
-              status: Annotated[str | None, STATUS_QUERY] = None,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              cursor: str | None = None) -> JobsPublic:
+async def list_jobs(reader: ReaderDep, status: Annotated[str | None, STATUS_QUERY] = None,
+                    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                    cursor: str | None = None) -> Response:
     """Jobs newest first, a page at a time."""
-    page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
-                                              cursor=cursor)
-    return JobsPublic(data=job_service.to_public_page(session, page,
-                                                      settings.worker_lost_after_s, fleet),
-                      next_cursor=next_cursor)
+    def read(session: Session, owner: str) -> JobsPublic:
+        page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
+                                                  cursor=cursor)
+        return JobsPublic(data=job_service.to_public_page(
+            session, page, reader.settings.worker_lost_after_s, reader.fleet),
+            next_cursor=next_cursor)
+
+    return await reader.json(read)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep,
-            fleet: FleetDep) -> JobPublic:
-    return _public(session, job_id, owner, settings, fleet)
+async def get_job(job_id: str, reader: ReaderDep) -> Response:
+    def read(session: Session, owner: str) -> JobPublic:
+        job = job_service.read_job(session, job_id, owner)
+        return job_service.to_public(session, job, reader.settings.worker_lost_after_s,
+                                     reader.fleet)
+
+    return await reader.json(read)
 
 
-def _public(session: Session, job_id: str, owner: str, settings: Settings,
-            fleet: Fleet | None = None) -> JobPublic:
-    job = job_service.get_job(session, job_id, owner)
-    return job_service.to_public(session, job, settings.worker_lost_after_s, fleet)
+def _public(session: Session, job_id: str, owner: str, settings: Settings) -> JobPublic:
+    job = job_service.read_job(session, job_id, owner)
+    return job_service.to_public(session, job, settings.worker_lost_after_s)
 
 
 @router.get("/{job_id}/metrics", responses=NOT_FOUND)
