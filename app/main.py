@@ -17,6 +17,7 @@ from app.broker import make_celery
 from app.db import make_engine, make_sessionmaker, reader, writer
 from app.observability.logging import configure_logging, install_request_ids
 from app.observability.metrics import count_statements, install_metrics
+from app.services.jobs import PublicCache
 from app.services.workers import FleetSnapshot
 from app.settings import Settings, get_settings
 from app.web.routes import install as install_web
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.event_hub = EventHub(app.state.sessionmaker)
         app.state.event_hub.start()
         app.state.fleet = FleetSnapshot(s.worker_lost_after_s)
+        app.state.job_cache = PublicCache(s.job_cache_entries)
         try:
             yield
         finally:

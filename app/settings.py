@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     api_db_slots: int | None = Field(None, ge=1)
     api_queue_wait_s: float = Field(10.0, gt=0)
     api_queue_max: int = Field(1000, ge=1)
+    # Jobs whose last shown version an API process keeps, so that a poll of a page of
+    # jobs reads in full only those that changed (app/services/jobs.py: PublicCache);
+    # each is a few KB. 0: none kept.
+    job_cache_entries: int = Field(2048, ge=0)
     api_retry_after_s: int = Field(2, ge=1)
     worker_name: str = ""
     # Set by `trainery worker` for each GPU worker: the GPU index it is pinned to

@@ -17,6 +17,7 @@ from app.api.followers import EventHub
 from app.blobstore import BlobStore
 from app.core.errors import Unauthorized
 from app.services import dispatch, keys
+from app.services.jobs import PublicCache
 from app.services.unit_of_work import UnitOfWork
 from app.services.workers import FleetSnapshot
 from app.settings import Settings
@@ -153,6 +154,7 @@ class Reader:
         self.authorization = authorization
         self.settings: Settings = request.app.state.settings
         self.fleet: FleetSnapshot = request.app.state.fleet
+        self.job_cache: PublicCache = request.app.state.job_cache
 
     async def json(self, read: Callable[[Session, str], BaseModel]) -> Response:
         """200 with read(session, owner) as JSON; an error read raises becomes its answer."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, or_, select
+from sqlalchemy import Row, Select, String, and_, bindparam, func, or_, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,12 +44,25 @@ Fleet = Callable[[Session], list[WorkerRecord]]
 # fraction of the cost (bench/service.py), and the statement is built once, so
 # SQLAlchemy compiles it once.
 _JOBS = Job.__table__
-PUBLIC_COLUMNS = (*(_JOBS.c[name] for name in (
+SHOWN_COLUMNS = tuple(_JOBS.c[name] for name in (
     "id", "owner", "name", "framework", "status", "attempt", "worker", "priority", "queue",
     "created_at", "updated_at", "started_at", "finished_at", "heartbeat_at", "progress_epoch",
-    "progress_epochs", "metrics", "best", "error_type", "error_message", "spec")),
-    workers.AHEAD)
+    "progress_epochs", "metrics", "best", "error_type", "error_message", "spec"))
+PUBLIC_COLUMNS = (*SHOWN_COLUMNS, workers.AHEAD)
 _ONE_JOB = select(*PUBLIC_COLUMNS).where(_JOBS.c.id == bindparam("job_id"))
+# What tells one version of a job, as the API shows it, from another: every write to a
+# job goes through app.services.lifecycle, and each moves updated_at (a transition, an
+# epoch's metrics) or heartbeat_at (a heartbeat); status and attempt are there too for
+# good measure. The two times are compared as the store gives them (not parsed: on
+# SQLite, parsing them was a third of reading a page). A page is read as its jobs'
+# versions (and queue positions), and only the jobs whose version this process has not
+# shown before are read in full (PublicCache).
+VERSION_COLUMNS = (_JOBS.c.id, _JOBS.c.status, _JOBS.c.attempt,
+                   type_coerce(_JOBS.c.updated_at, String).label("updated_raw"),
+                   type_coerce(_JOBS.c.heartbeat_at, String).label("heartbeat_raw"))
+_SOME_JOBS: Select[Any] = (select(*SHOWN_COLUMNS, *VERSION_COLUMNS[3:])
+              .where(_JOBS.c.id.in_(bindparam("ids", expanding=True))))
+PAGE_COLUMNS = (*VERSION_COLUMNS, _JOBS.c.queue, _JOBS.c.created_at, workers.AHEAD)
 
 
 class IdempotencyMismatch(InvalidInput):
@@ -230,11 +246,12 @@ def read_job(session: Session, job_id: str, owner: str) -> Row[Any]:
 
 
 def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,
-              cursor: str | None, name_contains: str | None = None
-              ) -> tuple[list[Row[Any]], str | None]:
-    """A page of jobs (rows of PUBLIC_COLUMNS), newest first, and the next page's cursor."""
+              cursor: str | None, name_contains: str | None = None,
+              columns: Sequence[Any] = PUBLIC_COLUMNS) -> tuple[list[Row[Any]], str | None]:
+    """A page of jobs (rows of columns: PUBLIC_COLUMNS, or PAGE_COLUMNS for public_page),
+    newest first, and the next page's cursor."""
     c = _JOBS.c
-    stmt = select(*PUBLIC_COLUMNS).where(c.owner == owner)
+    stmt = select(*columns).where(c.owner == owner)
     if name_contains:
         stmt = stmt.where(func.lower(c.name).contains(name_contains.lower(), autoescape=True))
     if status is not None:
@@ -267,6 +284,83 @@ def to_public_page(session: Session, jobs: Sequence[Row[Any]], lost_after_s: flo
     (fleet: where the live fleet comes from, e.g. a process's workers.FleetSnapshot)."""
     reasons = workers.pending_reasons(session, jobs, lost_after_s, fleet)
     return [_public(job, reasons.get(job.id)) for job in jobs]
+
+
+class PublicCache:
+    """JobPublic of the jobs an API process showed last, by version (VERSION_COLUMNS).
+
+    A page of 50 jobs read in full is 50 specs, metrics and error texts parsed and
+    validated, for jobs that mostly have not changed since the last poll (ended ones
+    never do). An entry is used only for the exact version the page's own read found,
+    so a page is never staler than its read; the pending reason is never cached. At
+    most max_entries jobs (least recently shown dropped first): TRAINERY_JOB_CACHE_ENTRIES.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Any, ...], JobPublic] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version: tuple[Any, ...]) -> JobPublic | None:
+        with self._lock:
+            found = self._entries.get(version)
+            if found is not None:
+                self._entries.move_to_end(version)
+            return found
+
+    def put(self, version: tuple[Any, ...], job: JobPublic) -> JobPublic:
+        with self._lock:
+            self._entries[version] = job
+            self._entries.move_to_end(version)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return job
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _version(row: Row[Any]) -> tuple[Any, ...]:
+    return (row.id, row.status, row.attempt, row.updated_raw, row.heartbeat_raw)
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A queued job of a page, as workers.pending_reasons needs it."""
+
+    id: str
+    status: str
+    queue: str
+    spec: dict[str, Any]
+    ahead: int | None
+
+
+def public_page(session: Session, rows: Sequence[Row[Any]], cache: PublicCache,
+                lost_after_s: float = 30.0, fleet: Fleet | None = None) -> list[JobPublic]:
+    """JobPublic of a page read with PAGE_COLUMNS: the shown versions from cache, the
+    others read in full in one more statement; pending reasons computed afresh."""
+    shown: dict[str, JobPublic] = {}
+    missing = []
+    for r in rows:
+        cached = cache.get(_version(r))
+        if cached is None:
+            missing.append(r.id)
+        else:
+            shown[r.id] = cached
+    if missing:  # a full read is as new as or newer than the page's: show it
+        for full in session.connection().execute(_SOME_JOBS, {"ids": missing}):
+            shown[full.id] = cache.put(_version(full), _public(full, None))
+    rows = [r for r in rows if r.id in shown]  # not gone between the two reads
+    queued = [_Queued(r.id, r.status, r.queue, shown[r.id].spec, r.ahead)
+              for r in rows if r.status == JobStatus.QUEUED.value]
+    reasons = workers.pending_reasons(session, queued, lost_after_s, fleet)
+    page = []
+    for r in rows:
+        job = shown[r.id]
+        if job.status == JobStatus.QUEUED.value and r.id in reasons:
+            job = job.model_copy(update={"pending_reason": reasons[r.id]})
+        page.append(job)
+    return page
 
 
 def _public(job: Row[Any], pending_reason: str | None) -> JobPublic:

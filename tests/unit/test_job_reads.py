@@ -126,3 +126,77 @@ def test_json_columns_read_what_json_wrote() -> None:
     assert json_loads(b'{"b": 18446744073709551615}') == {"b": 18446744073709551615}
     nan = json_loads('{"loss": NaN}')["loss"]
     assert math.isnan(nan)
+
+
+def _page(client: TestClient, **params: Any) -> list[dict[str, Any]]:
+    r = client.get("/v1/jobs", params={"limit": 50, **params})
+    assert r.status_code == 200, r.text
+    return r.json()["data"]  # type: ignore[no-any-return]
+
+
+def test_a_page_shows_every_change_however_it_was_cached(client: TestClient) -> None:
+    """A page is never staler than its own read: each kind of write to a job (claim,
+    epoch, heartbeat, failure, retry) shows on the next poll, and the page equals what
+    reading every job in full gives (with the same fleet reading)."""
+    with _factory(client).begin() as session:
+        worker_service.register(session, name="w1", hostname="h", pid=1, device="cpu",
+                                gpu_name=None, queues=["default"], state="ready")
+        ids = [_submit(session, f"p{i}") for i in range(4)]
+    first = {j["id"]: j for j in _page(client)}
+    assert all(first[i]["status"] == "queued" and first[i]["pending_reason"] for i in ids)
+    steps = [
+        lambda s: lifecycle.claim(s, ids[0], "w1"),
+        lambda s: lifecycle.record_epoch(s, ids[0], 1, 1, 2, {"loss": 0.25}, {"loss": 0.25}),
+        lambda s: lifecycle.heartbeat(s, ids[0], 1),
+        lambda s: lifecycle.fail(s, ids[0], 1, "internal", "boom"),
+        lambda s: lifecycle.retry(s, ids[0]),
+    ]
+    for step in steps:
+        with _factory(client).begin() as session:
+            step(session)
+        shown = {j["id"]: j for j in _page(client)}
+        with _factory(client)() as session:
+            full = [job_service.read_job(session, i, "default") for i in ids]
+            fleet = client.app.state.fleet  # type: ignore[attr-defined]
+            expected = {j.id: j.model_dump(mode="json")
+                        for j in job_service.to_public_page(session, full, fleet=fleet)}
+        assert shown == expected
+    assert shown[ids[0]]["status"] == "queued" and shown[ids[0]]["pending_reason"]
+
+
+def test_a_second_poll_of_a_page_reads_only_what_changed(client: TestClient) -> None:
+    with _factory(client).begin() as session:
+        ids = [_submit(session, f"c{i}") for i in range(5)]
+        lifecycle.claim(session, ids[0], "w1")
+    _page(client)  # every version shown once
+    seen: list[tuple[str, Any]] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        _page(client, status="running")
+        assert len(seen) == 1, seen  # the page's own read: nothing read in full
+        with _factory(client).begin() as session:
+            lifecycle.heartbeat(session, ids[0], 1)
+        seen.clear()
+        assert _page(client, status="running")[0]["heartbeat_at"] is not None
+        assert len(seen) == 2 and ids[0] in str(seen[1][1]), seen  # that one job, in full
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_the_cache_keeps_at_most_its_entries() -> None:
+    cache = job_service.PublicCache(2)
+    with_reason = tiny_spec()
+    for i in range(5):
+        job = job_service.JobPublic.model_validate({
+            "id": f"j{i}", "name": "n", "framework": "pytorch", "status": "queued",
+            "attempt": 0, "worker": None, "priority": 0, "created_at": utcnow(),
+            "updated_at": utcnow(), "started_at": None, "finished_at": None,
+            "heartbeat_at": None, "progress": {"epoch": 0, "epochs": 2}, "metrics": None,
+            "best": None, "error": None, "pending_reason": None, "spec": with_reason})
+        cache.put((f"j{i}",), job)
+    assert len(cache) == 2 and cache.get(("j0",)) is None and cache.get(("j4",)) is not None

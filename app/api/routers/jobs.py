@@ -114,10 +114,11 @@ async def list_jobs(reader: ReaderDep, status: Annotated[str | None, STATUS_QUER
     """Jobs newest first, a page at a time."""
     def read(session: Session, owner: str) -> JobsPublic:
         page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
-                                                  cursor=cursor)
-        return JobsPublic(data=job_service.to_public_page(
-            session, page, reader.settings.worker_lost_after_s, reader.fleet),
-            next_cursor=next_cursor)
+                                                  cursor=cursor,
+                                                  columns=job_service.PAGE_COLUMNS)
+        return JobsPublic(data=job_service.public_page(
+            session, page, reader.job_cache, reader.settings.worker_lost_after_s,
+            reader.fleet), next_cursor=next_cursor)
 
     return await reader.json(read)
 
