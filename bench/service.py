@@ -135,6 +135,20 @@ class Load:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+def get(conn: http.client.HTTPConnection, port: int, path: str
+        ) -> tuple[http.client.HTTPConnection, bool]:
+    """GET path on conn: the connection to go on with (a new one after a failure), and
+    whether the answer was a 200."""
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return conn, response.status == 200
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=30), False
+
+
 def load(port: int, path: str, connections: int, requests: int, max_s: float) -> Load:
     """GET path `requests` times (or for max_s) over `connections` keep-alive connections."""
     result = Load()
@@ -155,19 +169,11 @@ def load(port: int, path: str, connections: int, requests: int, max_s: float) ->
                     break
                 left[0] -= 1
             started = time.perf_counter()
-            try:
-                conn.request("GET", path)
-                response = conn.getresponse()
-                response.read()
-                if response.status != 200:
-                    errors += 1
-                    continue
-            except (OSError, http.client.HTTPException):
+            conn, ok = get(conn, port, path)
+            if ok:
+                mine.append(time.perf_counter() - started)
+            else:
                 errors += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                continue
-            mine.append(time.perf_counter() - started)
         conn.close()
         with lock:
             result.latencies_s.extend(mine)
@@ -205,18 +211,11 @@ def paced(port: int, path: str, connections: int, interval_s: float, duration_s:
             wait = due - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            try:
-                conn.request("GET", path)
-                response = conn.getresponse()
-                response.read()
-                if response.status != 200:
-                    errors += 1
-            except (OSError, http.client.HTTPException):
-                errors += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            else:
+            conn, ok = get(conn, port, path)
+            if ok:
                 mine.append(time.perf_counter() - due)
+            else:
+                errors += 1
             due += interval_s
         conn.close()
         with lock:
