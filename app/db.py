@@ -81,7 +81,8 @@ def writer(engine: Engine) -> Engine:
 def reader(engine: Engine) -> Engine:
     """engine whose sessions read outside a transaction: each statement sees the store as
     it was when that statement ran, and a session costs no BEGIN and no ROLLBACK (round
-    trips, on PostgreSQL). For reads that are one statement, such as a poll of a job.
+    trips, on PostgreSQL). For reads that need no snapshot across statements, such as a
+    poll of a job (one statement).
 
     SQLite's own AUTOCOMMIT level is not used: SQLAlchemy resets it on checkin by turning
     pysqlite's transaction handling back on, which _configure_sqlite turned off.

@@ -143,10 +143,12 @@ class Reader:
 
     A poll is the service's most frequent request. Here it costs one admission slot
     and one threadpool hop, in which the owner is resolved (a key's lookup included),
-    the read runs on a session outside a transaction (app.db.reader: a read of one
-    statement needs none) that is closed before the thread returns, and the answer is
-    serialized; the route returns those bytes, so FastAPI validates and encodes nothing
-    again. A unit of work (get_uow) would add an exit stack and a second hop to commit.
+    the read runs on a session outside a transaction (app.db.reader: a job's read is one
+    statement; a page's second statement reads versions as new as its first's or newer,
+    app.services.jobs.public_page) that is closed before the thread returns, and the
+    answer is serialized; the route returns those bytes, so FastAPI validates and
+    encodes nothing again. A unit of work (get_uow) would add an exit stack and a second
+    hop to commit.
     """
 
     def __init__(self, request: Request, authorization: str | None) -> None:
