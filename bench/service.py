@@ -24,7 +24,7 @@ followers and with all of them; and GET /v1/jobs/{id} p99 under the same load.
 
     python -m bench.service [--dbs sqlite,postgres] [--sizes 1000,100000]
                             [--requests 4000] [--followers 1000] [--quick]
-                            [--paced-interval-s 0.2] [--paced-s 8]
+                            [--paced-interval-s 0.2] [--paced-s 8] [--api-processes 1]
 """
 
 from __future__ import annotations
@@ -452,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paced-interval-s", type=float, default=0.2,
                         help="also poll at a fixed pace (the SDK's first interval); 0: skip")
     parser.add_argument("--paced-s", type=float, default=8.0, help="per paced phase")
+    parser.add_argument("--api-processes", type=int, default=1,
+                        help="uvicorn --workers N (docker-compose runs 2); > 1 skips SSE")
     parser.add_argument("--followers", type=int, default=1000)
     parser.add_argument("--followed-jobs", type=int, default=10)
     parser.add_argument("--event-rate", type=float, default=2.0, help="events/s per job")
@@ -472,9 +474,10 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 job_id = seed(url, size)
                 print(f"{kind}, {size} jobs (seeded in {time.perf_counter() - t0:.1f} s), "
-                      f"{args.connections} keep-alive pollers:", flush=True)
+                      f"{args.api_processes} API process(es), {args.connections} keep-alive "
+                      "pollers:", flush=True)
                 stack = Stack(url, Path(tmp))
-                stack.start_api()
+                stack.start_api(args.api_processes)
                 try:
                     phase = (args.connections, args.requests, args.max_s)
                     load(stack.port, "/healthz", 8, 200, 10)  # warm up
@@ -489,8 +492,8 @@ def main(argv: list[str] | None = None) -> None:
                     p99s[size] = (one.p(0.99), page.p(0.99))
                     if args.paced_interval_s > 0:
                         report_paced(stack.port, job_id, args)
-                    if size == sizes[0]:
-                        run_sse(url, stack.port, args)
+                    if size == sizes[0] and args.api_processes == 1:
+                        run_sse(url, stack.port, args)  # counts one process's statements
                 finally:
                     stack.stop()
         if len(sizes) > 1:

@@ -88,9 +88,12 @@ class Stack:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    def start_api(self) -> None:
+    def start_api(self, processes: int = 1) -> None:
+        """uvicorn on self.port; processes > 1: that many, under uvicorn's supervisor."""
+        more = ["--workers", str(processes)] if processes > 1 else []
         self.api = self._spawn("api", [sys.executable, "-m", "uvicorn", "app.main:app",
-                                       "--host", "127.0.0.1", "--port", str(self.port)], self.env)
+                                       "--host", "127.0.0.1", "--port", str(self.port), *more],
+                               self.env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
