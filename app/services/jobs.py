@@ -236,9 +236,8 @@ def retry(uow: UnitOfWork, job_id: str, owner: str) -> Job:
 
 
 def read_job(session: Session, job_id: str, owner: str) -> Row[Any]:
-    """The job's PUBLIC_COLUMNS, or JobNotFound: what the API shows of get_job's job (with
-    what this session has written, flushed first)."""
-    session.flush()
+    """The job's PUBLIC_COLUMNS, or JobNotFound: what the API shows of get_job's job. A
+    Core read: what this session has written must have been flushed."""
     row = session.connection().execute(_ONE_JOB, {"job_id": job_id}).one_or_none()
     if row is None or row.owner != owner:
         raise JobNotFound(f"no job with id {job_id!r}")

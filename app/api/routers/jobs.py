@@ -134,6 +134,8 @@ async def get_job(job_id: str, reader: ReaderDep) -> Response:
 
 
 def _public(session: Session, job_id: str, owner: str, settings: Settings) -> JobPublic:
+    """A write's answer: the job as its unit of work has left it."""
+    session.flush()
     job = job_service.read_job(session, job_id, owner)
     return job_service.to_public(session, job, settings.worker_lost_after_s)
 
