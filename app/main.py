@@ -11,6 +11,7 @@ from app.api.admission import Admission
 from app.api.body_cap import BodyCap
 from app.api.errors import install_error_handlers
 from app.api.followers import EventHub
+from app.api.polls import Polls
 from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
 from app.broker import make_celery
@@ -38,7 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = s
         app.state.engine = engine
         app.state.write_engine = writer(engine)
-        app.state.read_engine = reader(engine)
         app.state.admission = Admission(s.resolved_db_slots(), s.api_queue_wait_s,
                                         s.api_queue_max, s.api_retry_after_s)
         app.state.conversions = Admission(s.max_conversions, s.conversion_wait_s,
@@ -51,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.event_hub.start()
         app.state.fleet = FleetSnapshot(s.worker_lost_after_s)
         app.state.job_cache = PublicCache(s.job_cache_entries)
+        app.state.polls = Polls(make_sessionmaker(reader(engine)), app.state.admission, s,
+                                app.state.fleet, app.state.job_cache)
         try:
             yield
         finally:

@@ -99,6 +99,9 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        # A page of one status (GET /v1/jobs?status=running) reads its rows in order,
+        # however rare the status among the owner's jobs.
+        Index("ix_jobs_owner_status_created", "owner", "status", "created_at", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
         # A queued job's place in its queue (how many are ahead of it) is an index range
         # count, at any store size (app/services/workers.py).

@@ -6,22 +6,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request, Response, Security
+from fastapi import Depends, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.admission import Admission
+from app.api.credentials import credential
 from app.api.followers import EventHub
+from app.api.polls import Polls
 from app.blobstore import BlobStore
-from app.core.errors import Unauthorized
 from app.services import dispatch, keys
-from app.services.jobs import PublicCache
 from app.services.unit_of_work import UnitOfWork
-from app.services.workers import FleetSnapshot
 from app.settings import Settings
-from app.web.session import COOKIE, cookie_owner
+from app.web.session import COOKIE
 
 # Dependencies that only read app.state are `async def`: FastAPI runs a plain `def`
 # dependency on the threadpool, a thread hop per dependency per request.
@@ -87,20 +85,7 @@ async def get_celery(request: Request) -> Celery:
 
 def _owner(request: Request, settings: Settings, authorization: str | None,
            lookup: Callable[[str], str | None]) -> str:
-    if authorization is None:
-        owner = cookie_owner(request)  # the dashboard's signed-in browser
-        if owner is not None:
-            return owner
-        if settings.auth_required:
-            raise Unauthorized("this service needs an API key: send Authorization: Bearer <key>")
-        return settings.default_owner
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("the Authorization header must be 'Bearer <key>'")
-    owner = lookup(token.strip())
-    if owner is None:
-        raise Unauthorized("unknown or revoked API key")
-    return owner
+    return credential(request, settings, authorization).owner(lookup)
 
 
 async def get_owner(request: Request,
@@ -138,44 +123,8 @@ async def get_uploader(request: Request, settings: Annotated[Settings, Depends(g
         return await run_in_threadpool(_owner, request, settings, authorization, lookup)
 
 
-class Reader:
-    """A read-only route's one trip to the store: admitted, one thread call, bytes out.
-
-    A poll is the service's most frequent request. Here it costs one admission slot
-    and one threadpool hop, in which the owner is resolved (a key's lookup included),
-    the read runs on a session outside a transaction (app.db.reader: a job's read is one
-    statement; a page's second statement reads versions as new as its first's or newer,
-    app.services.jobs.public_page) that is closed before the thread returns, and the
-    answer is serialized; the route returns those bytes, so FastAPI validates and
-    encodes nothing again. A unit of work (get_uow) would add an exit stack and a second
-    hop to commit.
-    """
-
-    def __init__(self, request: Request, authorization: str | None) -> None:
-        self.request = request
-        self.authorization = authorization
-        self.settings: Settings = request.app.state.settings
-        self.fleet: FleetSnapshot = request.app.state.fleet
-        self.job_cache: PublicCache = request.app.state.job_cache
-
-    async def json(self, read: Callable[[Session, str], BaseModel]) -> Response:
-        """200 with read(session, owner) as JSON; an error read raises becomes its answer."""
-        state = self.request.app.state
-        async with state.admission.slot():
-            body = await run_in_threadpool(self._run, read)
-        return Response(body, media_type="application/json")
-
-    def _run(self, read: Callable[[Session, str], BaseModel]) -> bytes:
-        state = self.request.app.state
-        with state.sessionmaker(bind=state.read_engine) as session:
-            owner = _owner(self.request, self.settings, self.authorization,
-                           lambda token: keys.owner_for(session, token))
-            return read(session, owner).model_dump_json().encode()
-
-
-async def get_reader(request: Request,
-                     authorization: Annotated[str | None, Security(API_KEY)] = None) -> Reader:
-    return Reader(request, authorization)
+async def get_polls(request: Request) -> Polls:
+    return request.app.state.polls  # type: ignore[no-any-return]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -187,4 +136,5 @@ EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 UploaderDep = Annotated[str, Depends(get_uploader)]
-ReaderDep = Annotated[Reader, Depends(get_reader)]
+PollsDep = Annotated[Polls, Depends(get_polls)]
+ApiKeyDep = Annotated[str | None, Security(API_KEY)]

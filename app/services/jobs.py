@@ -6,7 +6,7 @@ import math
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ SHOWN_COLUMNS = tuple(_JOBS.c[name] for name in (
     "progress_epochs", "metrics", "best", "error_type", "error_message", "spec"))
 PUBLIC_COLUMNS = (*SHOWN_COLUMNS, workers.AHEAD)
 _ONE_JOB = select(*PUBLIC_COLUMNS).where(_JOBS.c.id == bindparam("job_id"))
+_JOBS_BY_ID = select(*PUBLIC_COLUMNS).where(_JOBS.c.id.in_(bindparam("ids", expanding=True)))
 # What tells one version of a job, as the API shows it, from another: every write to a
 # job goes through app.services.lifecycle, and each moves updated_at (a transition, an
 # epoch's metrics) or heartbeat_at (a heartbeat); status and attempt are there too for
@@ -242,6 +243,15 @@ def read_job(session: Session, job_id: str, owner: str) -> Row[Any]:
     if row is None or row.owner != owner:
         raise JobNotFound(f"no job with id {job_id!r}")
     return row
+
+
+def read_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, Row[Any]]:
+    """The jobs among job_ids that exist, by id, as read_job reads them (any owner's), in
+    one statement."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    return {row.id: row for row in session.connection().execute(_JOBS_BY_ID, {"ids": ids})}
 
 
 def list_jobs(session: Session, owner: str, *, status: str | None, limit: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,6 +34,16 @@ def owner_for(session: Session, token: str) -> str | None:
     key = session.scalar(select(ApiKey).where(ApiKey.token_sha256 == _digest(token),
                                               ApiKey.revoked_at.is_(None)))
     return key.owner if key is not None else None
+
+
+def owners_for(session: Session, tokens: Iterable[str]) -> dict[str, str]:
+    """The owner of each live token among tokens, in one statement (unknown ones left out)."""
+    by_digest = {_digest(t): t for t in tokens}
+    if not by_digest:
+        return {}
+    rows = session.execute(select(ApiKey.token_sha256, ApiKey.owner)
+                           .where(ApiKey.token_sha256.in_(by_digest), ApiKey.revoked_at.is_(None)))
+    return {by_digest[digest]: owner for digest, owner in rows}
 
 
 def list_keys(session: Session, owner: str | None = None) -> list[ApiKey]:

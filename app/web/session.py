@@ -114,8 +114,9 @@ def owner_for_key(request: Request, key: str | None) -> str | None:
         return keys.owner_for(db, key)
 
 
-def cookie_owner(request: Request) -> str | None:
-    """The owner of the cookie's key, for the JSON API; state changes also need the CSRF header.
+def cookie_key(request: Request) -> str | None:
+    """The API key of the signed-in browser's cookie, for the JSON API; state changes also
+    need the CSRF header.
 
     Lets the pages' scripts (EventSource, downloads, uploads) use /v1 as the signed-in user.
     """
@@ -125,7 +126,7 @@ def cookie_owner(request: Request) -> str | None:
     if request.method not in SAFE_METHODS and not csrf_ok(session,
                                                           request.headers.get(CSRF_HEADER)):
         return None
-    return owner_for_key(request, session.key)
+    return session.key
 
 
 def page_owner(request: Request, session: WebSession | None) -> str:

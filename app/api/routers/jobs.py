@@ -10,11 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.credentials import credential
 from app.api.deps import (
+    ApiKeyDep,
     BlobStoreDep,
     EventHubDep,
     OwnerDep,
-    ReaderDep,
+    PollsDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -28,6 +30,7 @@ from app.api.errors import (
     error_responses,
 )
 from app.api.followers import EventHub, Frame, read_after, wait
+from app.api.polls import JobPoll, PagePoll, Poll
 from app.blobstore import BlobInfo
 from app.core.errors import InvalidInput, ModelNotReady, problem
 from app.core.spec import JobSpec
@@ -108,29 +111,21 @@ def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
 
 
 @router.get("", response_model=JobsPublic)
-async def list_jobs(reader: ReaderDep, status: Annotated[str | None, STATUS_QUERY] = None,
+async def list_jobs(request: Request, polls: PollsDep, settings: SettingsDep,
+                    authorization: ApiKeyDep = None,
+                    status: Annotated[str | None, STATUS_QUERY] = None,
                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
                     cursor: str | None = None) -> Response:
     """Jobs newest first, a page at a time."""
-    def read(session: Session, owner: str) -> JobsPublic:
-        page, next_cursor = job_service.list_jobs(session, owner, status=status, limit=limit,
-                                                  cursor=cursor,
-                                                  columns=job_service.PAGE_COLUMNS)
-        return JobsPublic(data=job_service.public_page(
-            session, page, reader.job_cache, reader.settings.worker_lost_after_s,
-            reader.fleet), next_cursor=next_cursor)
-
-    return await reader.json(read)
+    poll = Poll(credential(request, settings, authorization), PagePoll(status, limit, cursor))
+    return Response(await polls.answer(poll), media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-async def get_job(job_id: str, reader: ReaderDep) -> Response:
-    def read(session: Session, owner: str) -> JobPublic:
-        job = job_service.read_job(session, job_id, owner)
-        return job_service.to_public(session, job, reader.settings.worker_lost_after_s,
-                                     reader.fleet)
-
-    return await reader.json(read)
+async def get_job(job_id: str, request: Request, polls: PollsDep, settings: SettingsDep,
+                  authorization: ApiKeyDep = None) -> Response:
+    poll = Poll(credential(request, settings, authorization), JobPoll(job_id))
+    return Response(await polls.answer(poll), media_type="application/json")
 
 
 def _public(session: Session, job_id: str, owner: str, settings: Settings) -> JobPublic:

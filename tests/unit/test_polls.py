@@ -1,0 +1,227 @@
+"""Polls share reads (app/api/polls.py): concurrent polls are answered by one round of
+statements, each poll only with what its owner may see, never staler than the poll,
+and an error stays with the poll it belongs to."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.api.admission import Admission
+from app.api.credentials import Credential
+from app.api.polls import JobPoll, PagePoll, Poll, Polls
+from app.core.errors import InvalidInput, JobNotFound, ServiceBusy, Unauthorized
+from app.core.spec import JobSpec
+from app.db import make_sessionmaker, reader
+from app.services import jobs as job_service
+from app.services import keys, lifecycle
+from app.services.jobs import PublicCache
+from app.services.unit_of_work import UnitOfWork
+from app.services.workers import FleetSnapshot
+from app.settings import Limits, Settings
+from tests.specs import tiny_spec
+
+
+def _as(owner: str) -> Credential:
+    return Credential(None, bearer=False, fallback=owner)
+
+
+def _submit(factory: sessionmaker[Session], owner: str, name: str) -> str:
+    with factory.begin() as session:
+        spec = JobSpec.model_validate(tiny_spec(name=name))
+        job, _ = job_service.submit(UnitOfWork(session), spec, owner=owner, limits=Limits(),
+                                    idempotency_key=None)
+        return job.id
+
+
+def _polls(engine: Engine, tmp_path: Path, cls: type[Polls] = Polls, **settings: Any) -> Polls:
+    s = Settings(data_dir=tmp_path, **settings)
+    # The fleet (for pending reasons) is read once here, then kept: statements counted
+    # below are the polls' own.
+    return cls(make_sessionmaker(reader(engine)), Admission(2, 5.0, 100, 1), s,
+               FleetSnapshot(s.worker_lost_after_s, max_age_s=3600), PublicCache(100))
+
+
+def _gather(polls: Polls, asked: list[Poll]) -> list[Any]:
+    """Every poll of asked at once, as concurrent requests send them: answers or errors."""
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(polls.answer(p) for p in asked), return_exceptions=True)
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def statements(engine: Engine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    yield seen
+    event.remove(engine, "before_cursor_execute", count)
+
+
+def test_concurrent_polls_of_many_jobs_are_one_statement(
+        engine: Engine, factory: sessionmaker[Session], tmp_path: Path,
+        statements: list[str]) -> None:
+    """64 polls sent together, of 32 jobs of two owners: one statement reads them all;
+    each poll gets its own job, and a job of another owner is not found for it, even when
+    its owner's poll of the same job is in the same round."""
+    jobs = {owner: [_submit(factory, owner, f"{owner}-{i}") for i in range(16)]
+            for owner in ("alice", "bob")}
+    asked = [Poll(_as(owner), JobPoll(job_id)) for owner, ids in jobs.items() for job_id in ids]
+    asked += [Poll(_as("bob"), JobPoll(job_id)) for job_id in jobs["alice"]]
+    polls = _polls(engine, tmp_path)
+    _gather(polls, asked[:1])
+    statements.clear()
+    answers = _gather(polls, asked)
+    assert len(statements) == 1, statements
+    for poll, answer in zip(asked, answers, strict=True):
+        owned = poll.what.job_id in jobs[poll.who.fallback]  # type: ignore[union-attr]
+        if owned:
+            assert json.loads(answer)["id"] == poll.what.job_id  # type: ignore[union-attr]
+        else:
+            assert isinstance(answer, JobNotFound), answer
+
+
+def test_a_poll_sees_every_write_committed_before_it(
+        engine: Engine, factory: sessionmaker[Session], tmp_path: Path) -> None:
+    """A poll sent while a round is between its read and its answers waits for the next
+    round: the write its client saw committed (its own cancel, say) is in its answer."""
+    job_id = _submit(factory, "alice", "watched")
+    read_done, release = threading.Event(), threading.Event()
+
+    class HeldPolls(Polls):
+        def _read(self, polls: list[Poll]) -> dict[Poll, Any]:
+            answers = super()._read(polls)
+            if not read_done.is_set():  # the first round: hold it after its read
+                read_done.set()
+                assert release.wait(10)
+            return answers
+
+    polls = _polls(engine, tmp_path, HeldPolls)
+    poll = Poll(_as("alice"), JobPoll(job_id))
+
+    async def run() -> tuple[bytes, bytes]:
+        first = asyncio.ensure_future(polls.answer(poll))
+        await asyncio.to_thread(read_done.wait, 10)
+        with factory.begin() as session:  # committed while the first round is in flight
+            assert job_service.cancel(session, job_id, "alice") == "cancelled"
+        second = asyncio.ensure_future(polls.answer(poll))
+        await asyncio.sleep(0.05)
+        release.set()
+        return await first, await second
+
+    before, after = asyncio.run(run())
+    assert json.loads(before)["status"] == "queued"
+    assert json.loads(after)["status"] == "cancelled"
+
+
+def test_errors_stay_with_their_poll(engine: Engine, factory: sessionmaker[Session],
+                                     tmp_path: Path, statements: list[str]) -> None:
+    """In one round: a bad cursor is a 422 for its poll, an unknown key a 401, a missing job
+    a 404; a live key acts as its owner; every other poll is answered, and the keys cost
+    one statement for the round."""
+    job_id = _submit(factory, "alice", "mine")
+    with factory.begin() as session:
+        _, token = keys.create(session, "alice", "laptop")
+    key = Credential(token, bearer=True, fallback=None)
+    asked = [Poll(_as("alice"), PagePoll(None, 10, "not-a-cursor")),
+             Poll(Credential("trn_unknown", bearer=True, fallback=None), JobPoll(job_id)),
+             Poll(_as("alice"), JobPoll("job_nope")),
+             Poll(key, JobPoll(job_id)),
+             Poll(key, PagePoll(None, 10, None)),
+             Poll(Credential(None, bearer=False, fallback=None), JobPoll(job_id))]
+    polls = _polls(engine, tmp_path)
+    _gather(polls, [Poll(_as("alice"), JobPoll(job_id))])
+    statements.clear()
+    bad_cursor, unknown_key, missing, by_key, page, no_key = _gather(polls, asked)
+    assert isinstance(bad_cursor, InvalidInput)
+    assert isinstance(unknown_key, Unauthorized) and "unknown or revoked" in str(unknown_key)
+    assert isinstance(missing, JobNotFound)
+    assert json.loads(by_key)["id"] == job_id
+    assert [j["id"] for j in json.loads(page)["data"]] == [job_id]
+    assert isinstance(no_key, Unauthorized) and "needs an API key" in str(no_key)
+    key_reads = [s for s in statements if "api_keys" in s]
+    assert len(key_reads) == 1, statements
+
+
+def test_a_round_that_cannot_start_answers_busy_and_the_next_one_runs(
+        engine: Engine, factory: sessionmaker[Session], tmp_path: Path) -> None:
+    """No database slot within the admission wait: 503 with Retry-After for the round's
+    polls; once a slot is free, polls are answered again."""
+    job_id = _submit(factory, "alice", "busy")
+    s = Settings(data_dir=tmp_path)
+    admission = Admission(1, 0.2, 100, 7)
+    polls = Polls(make_sessionmaker(reader(engine)), admission, s,
+                  FleetSnapshot(s.worker_lost_after_s), PublicCache(10))
+    poll = Poll(_as("alice"), JobPoll(job_id))
+
+    async def run() -> tuple[list[Any], bytes]:
+        async with admission.slot():  # every slot held elsewhere
+            refused = await asyncio.gather(polls.answer(poll), polls.answer(poll),
+                                           return_exceptions=True)
+        return refused, await polls.answer(poll)
+
+    refused, answered = asyncio.run(run())
+    assert all(isinstance(r, ServiceBusy) and r.retry_after_s == 7 for r in refused), refused
+    assert json.loads(answered)["id"] == job_id
+
+
+def test_the_line_of_polls_is_bounded_and_a_cancelled_poll_harms_none(
+        engine: Engine, factory: sessionmaker[Session], tmp_path: Path) -> None:
+    """Past TRAINERY_API_QUEUE_MAX polls waiting for the next round, 503 at once; a poll
+    whose client went away is dropped and the rest of its round is answered."""
+    job_id = _submit(factory, "alice", "line")
+    started, release = threading.Event(), threading.Event()
+
+    class HeldPolls(Polls):
+        def _read(self, polls: list[Poll]) -> dict[Poll, Any]:
+            if not started.is_set():
+                started.set()
+                assert release.wait(10)
+            return super()._read(polls)
+
+    polls = _polls(engine, tmp_path, HeldPolls, api_queue_max=3, api_retry_after_s=4)
+    poll = Poll(_as("alice"), JobPoll(job_id))
+
+    async def run() -> list[Any]:
+        first = asyncio.ensure_future(polls.answer(poll))
+        await asyncio.to_thread(started.wait, 10)
+        waiting = [asyncio.ensure_future(polls.answer(poll)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServiceBusy) as busy:
+            await polls.answer(poll)
+        assert busy.value.retry_after_s == 4
+        waiting[0].cancel()
+        release.set()
+        return await asyncio.gather(first, *waiting, return_exceptions=True)
+
+    first, cancelled, *rest = asyncio.run(run())
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert all(json.loads(a)["id"] == job_id for a in (first, *rest))
+
+
+def test_a_lone_poll_reads_at_once(engine: Engine, factory: sessionmaker[Session],
+                                   tmp_path: Path) -> None:
+    """With no round running, a poll starts one: sequential polls each read afresh."""
+    job_id = _submit(factory, "alice", "alone")
+    polls = _polls(engine, tmp_path)
+    poll = Poll(_as("alice"), JobPoll(job_id))
+
+    async def run() -> list[str]:
+        seen = [json.loads(await polls.answer(poll))["status"]]
+        with factory.begin() as session:
+            lifecycle.claim(session, job_id, "w1")
+        seen.append(json.loads(await polls.answer(poll))["status"])
+        return seen
+
+    assert asyncio.run(run()) == ["queued", "running"]
