@@ -67,6 +67,61 @@ class Reading:
     covered_after: int | None = None  # set on a feed's first read
 
 
+WAKE_BATCH = 50  # followers woken per turn of the event loop (Signal.set)
+
+
+class Signal:
+    """Set once, when a feed changes; its followers wait on it with a timeout.
+
+    Not asyncio.Event with asyncio.wait_for: wait_for wraps each wait in a task of its
+    own, and with a thousand followers woken together making those tasks was a fifth of
+    the event loop's time (bench/service.py, SSE). Here a wait is one future and one timer.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Wake every waiter, WAKE_BATCH per turn of the event loop: a thousand followers
+        woken in one turn would each send before the loop reads a socket again, and a
+        poll arriving then would wait for all of them."""
+        self._set = True
+        waiters, self._waiters = self._waiters, []
+        _wake_batches(waiters, 0)
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Whether the signal was set within timeout_s."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout_s, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if not self._set:  # timed out or cancelled: set() did not take it
+                self._waiters.remove(waiter)
+        return self._set
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _wake_batches(waiters: list[asyncio.Future[None]], start: int) -> None:
+    for waiter in waiters[start:start + WAKE_BATCH]:
+        _wake(waiter)
+    if start + WAKE_BATCH < len(waiters):
+        asyncio.get_running_loop().call_soon(_wake_batches, waiters, start + WAKE_BATCH)
+
+
 class Feed:
     """The recent events of one job, and a signal its followers wait on."""
 
@@ -77,7 +132,7 @@ class Feed:
         # Every event of the job with a larger id is in frames; None until the first read.
         self.covered_after: int | None = None
         self.finished = False  # terminal, and every event up to it read
-        self.signal = asyncio.Event()
+        self.signal = Signal()
 
     @property
     def last_id(self) -> int:
@@ -103,7 +158,7 @@ class Feed:
         self.finished = reading.finished
         if changed:
             self.signal.set()
-            self.signal = asyncio.Event()
+            self.signal = Signal()
 
 
 def read_feeds(factory: sessionmaker[Session], wanted: Sequence[tuple[str, int | None]]
@@ -183,10 +238,6 @@ class EventHub:
             feed.apply(readings[feed.job_id])
 
 
-async def wait(signal: asyncio.Event, timeout_s: float) -> bool:
+async def wait(signal: Signal, timeout_s: float) -> bool:
     """Whether signal was set within timeout_s."""
-    try:
-        await asyncio.wait_for(signal.wait(), timeout_s)
-    except asyncio.TimeoutError:  # noqa: UP041 - Python 3.10's wait_for raises this one
-        return False
-    return True
+    return await signal.wait(timeout_s)

@@ -4,12 +4,13 @@ buffer answers followers after what it holds and sends older ones to the store."
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.followers import BUFFER, EventHub, read_after
+from app.api.followers import BUFFER, WAKE_BATCH, EventHub, Signal, read_after
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
 from app.db import transaction
@@ -84,3 +85,25 @@ def test_one_read_per_tick_and_the_buffer_bounds(factory: sessionmaker[Session])
         asyncio.run(scenario())
     finally:
         event.remove(engine, "before_cursor_execute", count)
+
+
+def test_a_signal_wakes_every_waiter_and_times_out_the_rest() -> None:
+    """Set wakes all its waiters, more than one turn's batch of them; an unset signal's
+    wait gives False after its timeout; a cancelled wait leaves nothing behind."""
+    async def scenario() -> None:
+        signal = Signal()
+        waits = [asyncio.ensure_future(signal.wait(10)) for _ in range(3 * WAKE_BATCH + 7)]
+        cancelled = asyncio.ensure_future(signal.wait(10))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert len(signal._waiters) == len(waits)
+        signal.set()
+        assert await asyncio.wait_for(asyncio.gather(*waits), 5) == [True] * len(waits)
+        assert await signal.wait(10) is True  # already set: at once
+        quiet = Signal()
+        started = time.monotonic()
+        assert await quiet.wait(0.05) is False
+        assert time.monotonic() - started >= 0.04 and quiet._waiters == []
+
+    asyncio.run(scenario())
