@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +91,17 @@ def reader(engine: Engine) -> Engine:
     if engine.dialect.name == "sqlite":
         return engine.execution_options(**{AUTOCOMMIT_OPTION: True})
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def async_reader(url: str, pool_size: int = 2) -> AsyncEngine | None:
+    """For PostgreSQL, an engine on psycopg's async driver whose connections read outside a
+    transaction, as reader()'s: the API's polls read on it without a thread hop
+    (app/api/polls.py). None for SQLite, whose reads need no network wait."""
+    if url.startswith("sqlite"):
+        return None
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                               pool_pre_ping=True, isolation_level="AUTOCOMMIT",
+                               json_deserializer=json_loads)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

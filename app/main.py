@@ -15,7 +15,7 @@ from app.api.polls import Polls
 from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
 from app.broker import make_celery
-from app.db import make_engine, make_sessionmaker, reader, writer
+from app.db import async_reader, make_engine, make_sessionmaker, reader, writer
 from app.observability.logging import configure_logging, install_request_ids
 from app.observability.metrics import count_statements, install_metrics
 from app.services.jobs import PublicCache
@@ -51,12 +51,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.event_hub.start()
         app.state.fleet = FleetSnapshot(s.worker_lost_after_s)
         app.state.job_cache = PublicCache(s.job_cache_entries)
+        polls_engine = async_reader(s.resolved_database_url())
         app.state.polls = Polls(make_sessionmaker(reader(engine)), app.state.admission, s,
-                                app.state.fleet, app.state.job_cache)
+                                app.state.fleet, app.state.job_cache, polls_engine)
+        if polls_engine is not None:
+            count_statements(app.state.polls.engine)
         try:
             yield
         finally:
             await app.state.event_hub.close()
+            if polls_engine is not None:
+                await polls_engine.dispose()
             engine.dispose()
 
     app = FastAPI(title="Trainery", version="0.1.0", lifespan=lifespan,

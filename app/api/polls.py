@@ -24,6 +24,8 @@ import asyncio
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.admission import Admission
@@ -36,7 +38,8 @@ from app.services.jobs import PublicCache
 from app.services.workers import FleetSnapshot
 from app.settings import Settings
 
-ROUND_MAX = 500  # polls one round reads for; a round's answers are at most this many bytes blobs
+ROUND_MAX = 500  # distinct polls one round reads for (at most this many answers in memory)
+PAGES_MAX = 4  # distinct pages one round reads (a page is ms of work: rounds stay short)
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,14 @@ class Polls:
     """An API process's rounds of reads for its polls."""
 
     def __init__(self, factory: sessionmaker[Session], admission: Admission,
-                 settings: Settings, fleet: FleetSnapshot, job_cache: PublicCache) -> None:
+                 settings: Settings, fleet: FleetSnapshot, job_cache: PublicCache,
+                 async_engine: AsyncEngine | None = None) -> None:
         self.factory, self.admission, self.settings = factory, admission, settings
+        self.async_engine = async_engine
+        bind = factory.kw["bind"]
+        self.inline = async_engine is None and bind.dialect.name == "sqlite"
+        # The engine whose events see the rounds' statements (metrics, tests).
+        self.engine: Engine = async_engine.sync_engine if async_engine is not None else bind
         self.fleet, self.job_cache = fleet, job_cache
         self._next: dict[Poll, list[asyncio.Future[bytes]]] = {}
         self._waiting = 0
@@ -93,12 +102,12 @@ class Polls:
     async def _rounds(self) -> None:
         try:
             while self._next:
-                polls = list(self._next)[:ROUND_MAX]
+                polls = self._take()
                 waiters = {poll: self._next.pop(poll) for poll in polls}
                 self._waiting -= sum(len(w) for w in waiters.values())
                 try:
                     async with self.admission.slot():
-                        answers = await run_in_threadpool(self._read, polls)
+                        answers = await self._read_round(polls)
                 except Exception as exc:  # the round failed: each of its polls answers so
                     answers = dict.fromkeys(polls, exc)
                 for poll, futures in waiters.items():
@@ -113,30 +122,57 @@ class Polls:
         finally:
             self._round = None
 
+    def _take(self) -> list[Poll]:
+        """The next round's polls: at most ROUND_MAX, of which at most PAGES_MAX pages."""
+        polls: list[Poll] = []
+        pages = 0
+        for poll in self._next:
+            if isinstance(poll.what, PagePoll):
+                if pages == PAGES_MAX:
+                    continue
+                pages += 1
+            polls.append(poll)
+            if len(polls) == ROUND_MAX:
+                break
+        return polls
+
+    async def _read_round(self, polls: list[Poll]) -> dict[Poll, Answer]:
+        """Where a round waits least: without a thread (whose hop, and whose turns at
+        the GIL while the event loop is busy, cost more than the round's reads)."""
+        if self.async_engine is not None:  # PostgreSQL: its async driver, in a greenlet
+            async with AsyncSession(self.async_engine) as session:
+                return await session.run_sync(self._read_in, polls)
+        if self.inline:  # SQLite: index reads of a local file, WAL: never waits on a writer
+            return self._read(polls)
+        return await run_in_threadpool(self._read, polls)
+
     def _read(self, polls: list[Poll]) -> dict[Poll, Answer]:
+        with self.factory() as session:
+            return self._read_in(session, polls)
+
+    def _read_in(self, session: Session, polls: list[Poll]) -> dict[Poll, Answer]:
         """One round: every poll's answer, or the error it answers with."""
         answers: dict[Poll, Answer] = {}
-        with self.factory() as session:
-            owners = keys.owners_for(session, {p.who.key for p in polls if p.who.key})
-            asked: dict[Poll, str] = {}
-            for poll in polls:
-                try:
-                    asked[poll] = poll.who.owner(owners.get)
-                except DomainError as exc:  # a 401 is that poll's answer
-                    answers[poll] = exc
-            job_ids = {p.what.job_id for p in asked if isinstance(p.what, JobPoll)}
-            shown = self._jobs(session, job_ids)
-            pages: dict[tuple[str, PagePoll], Answer] = {}
-            for poll, owner in asked.items():
-                what = poll.what
-                if isinstance(what, JobPoll):
-                    found = shown.get(what.job_id)
-                    answers[poll] = (found[1] if found is not None and found[0] == owner
-                                     else JobNotFound(f"no job with id {what.job_id!r}"))
-                else:
-                    if (owner, what) not in pages:
-                        pages[owner, what] = self._page(session, owner, what)
-                    answers[poll] = pages[owner, what]
+        owners = keys.owners_for(session, {p.who.key for p in polls if p.who.key})
+        asked: dict[Poll, str] = {}
+        for poll in polls:
+            try:
+                asked[poll] = poll.who.owner(owners.get)
+            except DomainError as exc:  # a 401 is that poll's answer
+                answers[poll] = exc
+        job_ids = {p.what.job_id for p in asked if isinstance(p.what, JobPoll)}
+        shown = self._jobs(session, job_ids)
+        pages: dict[tuple[str, PagePoll], Answer] = {}
+        for poll, owner in asked.items():
+            what = poll.what
+            if isinstance(what, JobPoll):
+                found = shown.get(what.job_id)
+                answers[poll] = (found[1] if found is not None and found[0] == owner
+                                 else JobNotFound(f"no job with id {what.job_id!r}"))
+            else:
+                if (owner, what) not in pages:
+                    pages[owner, what] = self._page(session, owner, what)
+                answers[poll] = pages[owner, what]
         return answers
 
     def _jobs(self, session: Session, job_ids: set[str]) -> dict[str, tuple[str, bytes]]:

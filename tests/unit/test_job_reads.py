@@ -93,7 +93,7 @@ def test_a_poll_is_one_statement(client: TestClient) -> None:
     def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         seen.append(statement)
 
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = client.app.state.polls.engine  # type: ignore[attr-defined]
     event.listen(engine, "before_cursor_execute", count)
     try:
         for _ in range(3):
@@ -174,7 +174,7 @@ def test_a_second_poll_of_a_page_reads_only_what_changed(client: TestClient) -> 
     def count(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         seen.append((statement, parameters))
 
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = client.app.state.polls.engine  # type: ignore[attr-defined]
     event.listen(engine, "before_cursor_execute", count)
     try:
         _page(client, status="running")

@@ -41,7 +41,7 @@ def _statements_for_list(url: str, tmp_path: Path) -> tuple[int, list[dict[str, 
         def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
             seen.append(statement)
 
-        engine = client.app.state.engine  # type: ignore[attr-defined]
+        engine = client.app.state.polls.engine  # type: ignore[attr-defined]
         event.listen(engine, "before_cursor_execute", count)
         r = client.get("/v1/jobs", params={"limit": 50})
         event.remove(engine, "before_cursor_execute", count)
