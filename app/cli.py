@@ -168,9 +168,17 @@ def queue_prefix() -> str:
     return os.environ.get("TRAINERY_QUEUE_PREFIX") or "trainery"
 
 
+# How long the server keeps an idle keep-alive connection: longer than clients keep theirs
+# (httpx, the SDK's transport: 5 s), so the client closes first. With both at 5 s (uvicorn's
+# default), a request sent as the server closes its idle connection is lost ("server
+# disconnected without sending a response"): a poll every 5 s hits that race.
+KEEP_ALIVE_S = 75
+
+
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     """The API server: uvicorn on app.main:app, in `workers` processes on one port."""
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
+            "--timeout-keep-alive", str(KEEP_ALIVE_S)]
     # uvicorn's own supervisor: it restarts a process that dies; each has its own
     # pools, admission gate and event-stream readers (docs/ARCHITECTURE.md).
     return [*argv, "--workers", str(workers)] if workers > 1 else argv

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from app.cli import api_command
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TRAINERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -90,10 +92,7 @@ class Stack:
 
     def start_api(self, processes: int = 1) -> None:
         """uvicorn on self.port; processes > 1: that many, under uvicorn's supervisor."""
-        more = ["--workers", str(processes)] if processes > 1 else []
-        self.api = self._spawn("api", [sys.executable, "-m", "uvicorn", "app.main:app",
-                                       "--host", "127.0.0.1", "--port", str(self.port), *more],
-                               self.env)
+        self.api = self._spawn("api", api_command("127.0.0.1", self.port, processes), self.env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

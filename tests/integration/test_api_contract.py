@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,18 @@ def test_running_api_server_has_no_framework_loaded(stack: Stack) -> None:
     assert stack.api is not None
     maps = Path(f"/proc/{stack.api.pid}/maps").read_text()
     assert "libtorch" not in maps and "tensorflow" not in maps
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(stack: Stack) -> None:
+    """A connection idle for longer than a client keeps one (httpx: 5 s) still answers:
+    the server keeps it longer (app/cli.py KEEP_ALIVE_S), so the client closes first and a
+    poll sent after a 5 s wait never meets a connection the server is closing."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() and conn.sock is not None
+        time.sleep(5.5)  # past uvicorn's default keep-alive (5 s)
+        conn.request("GET", "/healthz")  # the same socket: http.client does not reconnect
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
