@@ -6,16 +6,18 @@ connection checked out and in, a statement sent and its rows described, each pai
 per request (the GIL makes the hop dearer the busier the event loop is). Here an API
 process reads for its polls in rounds: a poll that finds no round running starts one
 at once; polls that arrive while one runs wait for the next, which reads for all of
-them in one threadpool call on one connection: the API keys they carry in one
-statement, the jobs they ask for in one statement (each job serialized once, however
-many ask for it), and each distinct page once. Under load a round serves dozens of
-polls; alone, a poll costs what it did before.
+them on one connection: the API keys they carry in one statement, the jobs they ask
+for in one statement (each job serialized once, however many ask for it), and each
+distinct page once. Under load a round serves dozens of polls; alone, a poll costs
+what it did before. A round runs without a thread (_read_round): on PostgreSQL on the
+async driver, on SQLite on the event loop.
 
 Never staler than its own read: a round starts after every poll it answers arrived,
 so a poll sees every write committed before it was sent (a client's own cancel, say).
 Admission (app/api/admission.py) gates the rounds, one slot each; the polls waiting
 for the next round are bounded by TRAINERY_API_QUEUE_MAX (503 with Retry-After past
-it), and a round reads at most ROUND_MAX polls, the rest waiting for the one after.
+it), and a round reads at most ROUND_MAX polls and PAGES_MAX pages, the rest waiting
+for the one after.
 """
 
 from __future__ import annotations
