@@ -11,6 +11,7 @@ from app.api.admission import Admission
 from app.api.body_cap import BodyCap
 from app.api.errors import install_error_handlers
 from app.api.followers import EventHub
+from app.api.hot_reads import HotReads
 from app.api.polls import Polls
 from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
@@ -64,9 +65,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await polls_engine.dispose()
             engine.dispose()
 
+    # FastAPI's native OpenTelemetry is off: this service exports Prometheus metrics and
+    # JSON logs (app/observability); left on, it asks OpenTelemetry for its providers on
+    # every request, a measured share of a poll's cost.
     app = FastAPI(title="Trainery", version="0.1.0", lifespan=lifespan,
-                  description="Submit a training job, poll it, download the model.")
+                  description="Submit a training job, poll it, download the model.",
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     install_error_handlers(app)
+    # First added, so innermost: the polls skip routing, inside every other middleware.
+    app.add_middleware(HotReads, api=app)
     install_metrics(app)
     install_request_ids(app)
     app.include_router(health.router)
