@@ -20,6 +20,8 @@ from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
+import orjson
+
 if TYPE_CHECKING:  # workers import this module too; they need no FastAPI
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -88,7 +90,10 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        try:  # orjson: a line a request, a fifth of the request line's cost with json
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:  # what orjson refuses (an integer past 64 bits)
+            return json.dumps(line, default=str)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -116,6 +121,10 @@ def configure_logging(component: str, fmt: str = "auto", level: int = logging.IN
     """Route every logger of this process through one handler in the chosen format, to
     stream (stderr by default)."""
     stream = stream or sys.stderr
+    # No formatter here prints where a line was logged from, or its thread or process:
+    # skip computing them for every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream)
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter(component) if resolve_format(fmt, stream) == "json"

@@ -20,8 +20,8 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process answers."""
+async def healthz() -> dict[str, str]:
+    """The process answers (on its event loop: a busy threadpool does not fail it)."""
     return {"status": "ok"}
 
 
