@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -49,7 +53,55 @@ class Dataset:
         return str(self.x_train.dtype)
 
 
-def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+Arrays = tuple[np.ndarray, np.ndarray, list[str]]
+# Builtin name -> scikit-learn's bundled file and whether its first row is a header
+# (n_samples, n_features, class names); the target is each row's last column.
+SKLEARN_FILES = {"iris": ("iris.csv", True), "wine": ("wine_data.csv", True),
+                 "breast_cancer": ("breast_cancer.csv", True),
+                 "digits": ("digits.csv.gz", False)}
+
+
+def _sklearn(name: str) -> Arrays:
+    """A builtin dataset as scikit-learn ships it: read from the files its package holds,
+    without importing it (scikit-learn and SciPy cost a runner's start about what torch
+    does); by its loader if they are not where they have always been.
+    tests/unit/test_datasets.py checks both give the same arrays."""
+    try:
+        return _sklearn_files(name)
+    except OSError:
+        return _sklearn_loader(name)
+
+
+def _sklearn_files(name: str) -> Arrays:
+    spec = importlib.util.find_spec("sklearn")  # finds the package; runs none of it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-learn is not installed")
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    if name == "diabetes":  # scaled as load_diabetes(scaled=True) scales it
+        x = np.loadtxt(data / "diabetes_data_raw.csv.gz")
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        x -= mean
+        _recentre(x)  # as sklearn.preprocessing.scale does, after each step
+        x /= std
+        _recentre(x)
+        x /= x.shape[0] ** 0.5
+        y = np.loadtxt(data / "diabetes_target.csv.gz")
+        return x.astype(np.float32), y.astype(np.float32).reshape(-1, 1), []
+    file, header = SKLEARN_FILES[name]
+    with (data / file).open("rb") as raw, \
+            (gzip.open(raw, "rt") if file.endswith(".gz") else io.TextIOWrapper(raw)) as text:
+        first = text.readline().strip().split(",") if header else []
+        table = np.loadtxt(text, delimiter=",", ndmin=2)
+    names = first[2:] if header else [str(c) for c in range(int(table[:, -1].max()) + 1)]
+    return (table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64), names)
+
+
+def _recentre(x: np.ndarray) -> None:
+    if not np.allclose(x.mean(axis=0), 0):
+        x -= x.mean(axis=0)
+
+
+def _sklearn_loader(name: str) -> Arrays:
     from sklearn import datasets as sk
 
     loader = {"digits": sk.load_digits, "iris": sk.load_iris, "wine": sk.load_wine,

@@ -53,12 +53,12 @@ __all__ = ["main", "preload"]  # preload: a pre-started runner imports its frame
 
 
 def preload(framework: str) -> None:
-    """What a warm runner does before its job: thread caps, the framework, the project,
-    scikit-learn's datasets. It touches no device: CUDA initialises only when the job
-    runs, so an idle spare holds no GPU memory and no CUDA context."""
+    """What a warm runner does before its job: thread caps, the framework, the project
+    (builtin datasets are read from scikit-learn's files without importing it). It
+    touches no device: CUDA initialises only when the job runs, so an idle spare holds
+    no GPU memory and no CUDA context."""
     limit_threads(get_settings().runner_threads)
     import_framework(framework)
-    import sklearn.datasets  # noqa: F401 - builtin datasets load from it
 
 
 def _train(spec: JobSpec, reporter: JobReporter, stop: StopFlag, device: str,

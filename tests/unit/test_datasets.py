@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +26,24 @@ def test_builtin_datasets_match_the_catalog(name: str) -> None:
         assert data.num_outputs == meta.num_classes
     else:
         assert data.y_train.shape[1] == 1 and data.num_outputs == 1
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTIN_DATASETS) - {"synthetic"}))
+def test_builtins_read_from_scikit_learns_files_equal_its_loaders(name: str) -> None:
+    """A runner reads the builtin sets from the files scikit-learn ships, without importing
+    it; the arrays and class names are its loaders' own, bit for bit."""
+    got, expected = datasets._sklearn_files(name), datasets._sklearn_loader(name)
+    for a, b in zip(got[:2], expected[:2], strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    assert got[2] == expected[2]
+
+
+def test_a_runner_start_imports_no_scikit_learn() -> None:
+    """Importing scikit-learn (and SciPy) costs a runner's start about what torch does."""
+    code = ("import sys; import workers.runner as r; from workers import datasets; "
+            "r.preload('pytorch'); datasets._sklearn('digits'); "
+            "assert 'sklearn' not in sys.modules and 'scipy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_split_is_seeded() -> None:
