@@ -29,7 +29,7 @@ from app.schemas.jobs import EventPublic
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5
+POLL_S = 0.25  # an event reaches its followers within about this, plus the read
 # Frames a feed keeps for followers a little behind; older history comes from the store.
 BUFFER = 256
 # Events one read takes per job; the rest follow on the next read.
@@ -218,10 +218,13 @@ class EventHub:
                 await self._task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             if self.feeds:
                 await self.tick(self.feeds.values())
-            await asyncio.sleep(self.poll_s)
+            # A tick every poll_s from the last one's start (at once after a slow one).
+            await asyncio.sleep(max(0.0, started + self.poll_s - loop.time()))
 
     async def tick(self, feeds: Iterable[Feed]) -> None:
         """Read every unfinished feed once and wake the followers of those that changed."""
