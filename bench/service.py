@@ -3,9 +3,12 @@
 Starts a real API (bench/stack.py: uvicorn on a loopback port) on a store seeded
 through the service's own code (one job submitted by app.services.jobs.submit, then
 copied in bulk through the ORM's insert: the older ones finished, the newest
-QUEUED_TAIL queued, as a busy service's history looks), and loads it from this
-process with plain keep-alive http.client connections on threads (the load
-generator; httpx's async client topped out near 100 requests/s here).
+QUEUED_TAIL queued, as a busy service's history looks), and loads it with wrk where it
+is installed (`apt install wrk`: C, one thread, a few percent of a core at these
+rates, so the server has the cores; bench/wrk_load.lua bounds a phase's requests and
+prints its figures), else with plain keep-alive http.client connections on threads of
+this process (httpx's async client topped out near 100 requests/s here). The paced
+pollers and the SSE followers are always this program's own.
 
 For each database and store size it prints, in one run and side by side:
 `GET /healthz`, `GET /v1/jobs/{id}` (a queued job: its pending reason is computed; then
@@ -40,7 +43,9 @@ import json
 import multiprocessing
 import os
 import selectors
+import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -132,18 +137,23 @@ def seed(url: str, n: int, own: int = 64) -> tuple[str, list[str]]:
 
 @dataclass
 class Load:
-    """What one load phase measured."""
+    """What one load phase measured: each latency, or (from wrk) its quantiles."""
 
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
     wall_s: float = 0.0
+    answered: int | None = None  # from wrk: the 2xx answers (else len(latencies_s))
+    quantiles_ms: dict[float, float] = field(default_factory=dict)  # from wrk: 0.5, 0.99
 
     @property
     def rate(self) -> float:
-        return len(self.latencies_s) / self.wall_s if self.wall_s else 0.0
+        n = len(self.latencies_s) if self.answered is None else self.answered
+        return n / self.wall_s if self.wall_s else 0.0
 
     def p(self, q: float) -> float:
         """Latency quantile q in ms."""
+        if q in self.quantiles_ms:
+            return self.quantiles_ms[q]
         ordered = sorted(self.latencies_s)
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
@@ -162,10 +172,40 @@ def get(conn: http.client.HTTPConnection, port: int, path: str
         return http.client.HTTPConnection("127.0.0.1", port, timeout=30), False
 
 
+WRK = shutil.which("wrk")
+WRK_SCRIPT = Path(__file__).with_name("wrk_load.lua")
+
+
 def load(port: int, path: str | list[str], connections: int, requests: int, max_s: float
          ) -> Load:
-    """GET path `requests` times (or for max_s) over `connections` keep-alive connections;
-    for a list of paths, connection k GETs path[k % len(path)]."""
+    """GET path `requests` times (or for max_s) over `connections` keep-alive connections,
+    each sending its next request when the last is answered: with wrk where it is
+    installed (C, one thread: a few percent of a core at this load), else from threads
+    of this process (which then share the cores with the server)."""
+    if WRK is not None:
+        return load_wrk(port, path, connections, requests, max_s)
+    return load_threads(port, path, connections, requests, max_s)
+
+
+def load_wrk(port: int, path: str | list[str], connections: int, requests: int, max_s: float
+             ) -> Load:
+    """load() by wrk; for a list of paths, each request GETs the next."""
+    paths = [path] if isinstance(path, str) else path
+    env = {**os.environ, "WRK_PATHS": " ".join(paths), "WRK_REQUESTS": str(requests)}
+    argv = [str(WRK), "-t1", f"-c{connections}", f"-d{max_s:g}s", "--timeout", "30s",
+            "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}"]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=max_s + 60)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    errors = sum(figures[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return Load(errors=errors, wall_s=figures["duration_us"] / 1e6,
+                answered=figures["requests"] - figures["status"],
+                quantiles_ms={0.5: figures["p50_us"] / 1000, 0.99: figures["p99_us"] / 1000})
+
+
+def load_threads(port: int, path: str | list[str], connections: int, requests: int,
+                 max_s: float) -> Load:
+    """load() from keep-alive http.client connections on threads; for a list of paths,
+    connection k GETs path[k % len(path)]."""
     paths = [path] if isinstance(path, str) else path
     result = Load()
     lock = threading.Lock()
@@ -503,6 +543,9 @@ def main(argv: list[str] | None = None) -> None:
         args.window_s = 5.0
     sizes = [int(s) for s in args.sizes.split(",")]
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+    generator = (f"wrk ({WRK})" if WRK else "threads of this process (install wrk for a "
+                 "generator that leaves the cores to the server)")
+    print(f"closed-loop load generator: {generator}", flush=True)
     for kind in args.dbs.split(","):
         p99s: dict[int, tuple[float, float]] = {}
         for size in sizes:
