@@ -183,10 +183,10 @@ WRK_SCRIPT = Path(__file__).with_name("wrk_load.lua")
 
 def load(port: int, path: str | list[str], connections: int, requests: int, max_s: float
          ) -> Load:
-    """GET path `requests` times (or for max_s) over `connections` keep-alive connections,
-    each sending its next request when the last is answered: with wrk where it is
-    installed (C, one thread: a few percent of a core at this load), else from threads
-    of this process (which then share the cores with the server)."""
+    """GET path for max_s over `connections` keep-alive connections, each sending its next
+    request when the last is answered: with wrk where it is installed (C, one thread: a
+    few percent of a core at this load), else from threads of this process (which then
+    share the cores with the server; they also stop after `requests`)."""
     before = cpu_times()
     run = (load_wrk if WRK is not None else load_threads)(port, path, connections, requests,
                                                           max_s)
@@ -214,9 +214,11 @@ def stolen(before: tuple[int, int] | None, after: tuple[int, int] | None) -> flo
 
 def load_wrk(port: int, path: str | list[str], connections: int, requests: int, max_s: float
              ) -> Load:
-    """load() by wrk; for a list of paths, each request GETs the next."""
+    """load() by wrk, for max_s (wrk bounds a run by time only: a thread stopped early
+    still counts the whole -d, which would understate the rate); for a list of paths,
+    each request GETs the next."""
     paths = [path] if isinstance(path, str) else path
-    env = {**os.environ, "WRK_PATHS": " ".join(paths), "WRK_REQUESTS": str(requests)}
+    env = {**os.environ, "WRK_PATHS": " ".join(paths)}
     argv = [str(WRK), "-t1", f"-c{connections}", f"-d{max_s:g}s", "--timeout", "30s",
             "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=max_s + 60)
@@ -432,7 +434,7 @@ class SseRun:
 
 def sse(url: str, port: int, job_count: int, per_job: int, rate_per_job: float,
         window_s: float, get_requests: int, paced_interval_s: float = 0.0,
-        paced_s: float = 0.0) -> SseRun:
+        paced_s: float = 0.0, get_max_s: float = 60.0) -> SseRun:
     """per_job followers on each of job_count running jobs; events appended at
     rate_per_job a job a second for the window (then GET load, if asked, while they go
     on, then pollers at the SDK's pace, each of one of the followed jobs); then the jobs
@@ -471,7 +473,7 @@ def sse(url: str, port: int, job_count: int, per_job: int, rate_per_job: float,
     before, started = statements(port), time.monotonic()
     time.sleep(window_s)
     per_s = (statements(port) - before) / (time.monotonic() - started)
-    get_during = (load(port, f"/v1/jobs/{claimed[0][0]}", 64, get_requests, 60)
+    get_during = (load(port, f"/v1/jobs/{claimed[0][0]}", 64, get_requests, get_max_s)
                   if get_requests else None)
     paced_during = None
     if get_requests and paced_interval_s > 0:
@@ -619,7 +621,7 @@ def run_sse(url: str, port: int, args: argparse.Namespace) -> None:
     runs = []
     for total, gets in ((args.followers // 10, 0), (args.followers, args.requests)):
         run = sse(url, port, jobs_n, max(1, total // jobs_n), args.event_rate, args.window_s,
-                  gets, args.paced_interval_s, args.paced_s)
+                  gets, args.paced_interval_s, args.paced_s, args.max_s)
         runs.append(run)
         ok = run.delivered_ok and run.latency_p99_s <= EVENT_LATENCY_TARGET_S
         print(f"  SSE {run.followers:>5} followers of {jobs_n} running jobs (all connected and "

@@ -1,17 +1,11 @@
--- wrk script for bench/service.py: GET the paths of WRK_PATHS (space-separated) in turn,
--- stop after WRK_REQUESTS answers, print the figures as one JSON line.
+-- wrk script for bench/service.py: GET the paths of WRK_PATHS (space-separated) in turn
+-- for wrk's -d, then print the figures as one JSON line.
 local paths, i = {}, 0
 for p in string.gmatch(os.getenv("WRK_PATHS") or "/", "[^ ]+") do paths[#paths + 1] = p end
-local left = tonumber(os.getenv("WRK_REQUESTS") or "0")
 
 request = function()
   i = i % #paths + 1
   return wrk.format("GET", paths[i])
-end
-
-response = function(status, headers, body)
-  left = left - 1
-  if left == 0 then wrk.thread:stop() end
 end
 
 done = function(summary, latency, requests)

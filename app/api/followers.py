@@ -143,7 +143,13 @@ class Feed:
         older than what it holds: the follower catches up from the store)."""
         if self.covered_after is None or cursor < self.covered_after:
             return None
-        return [f for f in self.frames if f.id > cursor]
+        newer = []  # from the newest back: a follower is at most a few frames behind
+        for frame in reversed(self.frames):
+            if frame.id <= cursor:
+                break
+            newer.append(frame)
+        newer.reverse()
+        return newer
 
     def apply(self, reading: Reading) -> None:
         """Take one tick's reading and wake the followers if anything changed."""
