@@ -1,7 +1,7 @@
 """The polls' own lane: GET /v1/jobs/{id} and GET /v1/jobs below FastAPI's routing.
 
-A poll is the request clients send most, and most of its cost was the framework's,
-not its read: finding the route among the app's ~60 (about a fifth of a poll's time)
+A poll is the request clients send most, and half of its cost was the framework's,
+not its read: finding the route among the app's ~50 (about a sixth of a poll's time)
 and solving its dependencies (about a third), measured with cProfile by
 bench/service.py's load. This middleware, the innermost, answers the two polls
 itself: it matches their paths with their own routes' patterns, reads the caller's
