@@ -88,12 +88,17 @@ class Supervisor:
             log.info("wake-up for %s: nothing left to run in queue %s", job_id, queue)
             return None
         self.current = claimed
+        if claimed[0] != job_id:  # a more urgent job: the wake-up's request did not ask for it
+            log.info("wake-up for %s ran %s, the most urgent job of queue %s", job_id,
+                     claimed[0], queue)
+            log_context.update(request_id=None)
         log_context.update(job_id=claimed[0], attempt=claimed[1])
         try:
             freed = self.supervise(*claimed)
         finally:
             self.current = None
             self.idle_since = time.monotonic()
+        log_context.update(request_id=None)  # the wake-ups a run's end sends are its own
         self._announce(queue, freed)
         return claimed
 

@@ -73,3 +73,28 @@ def test_every_line_is_json_and_the_request_id_reaches_the_worker(json_stack: St
         job_id, 1, worker_name, "req-logs-42") for x in runner)
     assert runner[0]["framework"] == "pytorch" and runner[1]["outcome"] == "ok"
     assert isinstance(runner[1]["duration_s"], float)
+
+
+def test_a_runner_carries_only_its_own_jobs_request_id(json_stack: Stack) -> None:
+    """A wake-up runs the most urgent job of its queue, which may be another than the one
+    its request submitted: that run carries no request id rather than a stranger's."""
+    ids = {}
+    for name, priority in (("first", 0), ("second", 0), ("urgent", 5)):
+        r = json_stack.client.post("/v1/jobs", json=tiny_spec(name=name, epochs=1,
+                                                              priority=priority),
+                                   headers={"X-Request-ID": f"req-{name}"})
+        assert r.status_code == 201
+        ids[r.json()["id"]] = f"req-{name}"
+    for job_id in ids:
+        assert json_stack.wait(job_id)["status"] == "succeeded"
+    worker = json_lines(json_stack.log_path("worker-w1"))
+    runner = [x for x in worker if x["component"] == "runner"]
+    assert {x["job_id"] for x in runner} == set(ids)
+    for line in runner:
+        assert line.get("request_id") in (None, ids[line["job_id"]]), line
+    # The urgent job, submitted last, was run by an earlier job's wake-up, which says so
+    # (with that wake-up's request id, or none for a wake-up a run's end sent).
+    others = [x for x in worker if x["event"].startswith("wake-up for ") and " ran " in x["event"]]
+    assert others
+    for line in others:
+        assert line.get("request_id") in (None, ids[line["event"].split()[2]]), line
