@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             count_statements(app.state.polls.engine)
         # What start-up made lives as long as the process: out of the collector's sight, a
         # full collection walks only what requests made (4-6 ms instead of 130-160 ms of
-        # stalled requests, several times a minute under load: docs/benchmarks.md).
+        # stalled requests, about once a second under a poll load: docs/benchmarks.md).
         gc.collect()
         gc.freeze()
         try:
