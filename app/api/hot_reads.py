@@ -34,7 +34,6 @@ from app.api.routers import jobs
 
 ExceptionHandler = Callable[[Request, Any], Response | Awaitable[Response]]
 PAGE_PARAMETERS = frozenset({"status", "limit", "cursor"})
-LIMIT_MAX = 200  # as the route's Query(le=200)
 
 
 def route_of(endpoint: Callable[..., object]) -> APIRoute:
@@ -110,13 +109,13 @@ def authorization(scope: Scope) -> str | None:
 def page_poll(query_string: bytes) -> PagePoll | None:
     """The page a plain query asks for; None for anything the route must validate."""
     if not query_string:
-        return PagePoll(None, 50, None)
+        return PagePoll(None, jobs.PAGE_LIMIT, None)
     params = QueryParams(query_string)
     items = params.multi_items()
     keys = [k for k, _ in items]
     if len(set(keys)) != len(keys) or any(not v for k, v in items if k in PAGE_PARAMETERS):
         return None
-    limit = params.get("limit", "50")
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= LIMIT_MAX:
+    limit = params.get("limit", str(jobs.PAGE_LIMIT))
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= jobs.PAGE_LIMIT_MAX:
         return None
     return PagePoll(params.get("status"), int(limit), params.get("cursor"))

@@ -71,6 +71,7 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 SSE_KEEPALIVE_S = 15.0
+PAGE_LIMIT, PAGE_LIMIT_MAX = 50, 200  # jobs a page holds unless asked, and at most
 
 
 @router.post("", status_code=201, response_model=JobPublic,
@@ -114,7 +115,7 @@ def retry_job(job_id: str, uow: UnitOfWorkDep, settings: SettingsDep,
 async def list_jobs(request: Request, polls: PollsDep, settings: SettingsDep,
                     authorization: ApiKeyDep = None,
                     status: Annotated[str | None, STATUS_QUERY] = None,
-                    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT,
                     cursor: str | None = None) -> Response:
     """Jobs newest first, a page at a time."""
     poll = Poll(credential(request, settings, authorization), PagePoll(status, limit, cursor))
