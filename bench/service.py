@@ -5,7 +5,7 @@ through the service's own code (one job submitted by app.services.jobs.submit, t
 copied in bulk through the ORM's insert: the older ones finished, the newest
 QUEUED_TAIL queued, as a busy service's history looks), and loads it with wrk where it
 is installed (`apt install wrk`: C, one thread, a few percent of a core at these
-rates, so the server has the cores; bench/wrk_load.lua bounds a phase's requests and
+rates, so the server has the cores; a phase is bounded by time, and bench/wrk_load.lua
 prints its figures), else with plain keep-alive http.client connections on threads of
 this process (httpx's async client topped out near 100 requests/s here). The paced
 pollers and the SSE followers are always this program's own.
