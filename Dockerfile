@@ -25,8 +25,10 @@ FROM base AS api
 RUN pip install ./client .
 USER trainery
 EXPOSE 8000
-# --timeout-keep-alive: as `trainery api` (app/cli.py KEEP_ALIVE_S), longer than clients'.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75"]
+# As `trainery api` (app/cli.py): --timeout-keep-alive longer than clients' (KEEP_ALIVE_S),
+# --loop asyncio (LOOP: uvloop answered some polls hundreds of ms late under load).
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75", \
+     "--loop", "asyncio"]
 
 # A worker: supervisor plus both runners. CPU wheels by default; pass
 # TORCH_INDEX (and TF_PACKAGE) for CUDA builds.

@@ -175,10 +175,20 @@ def queue_prefix() -> str:
 KEEP_ALIVE_S = 75
 
 
-def api_command(host: str, port: int, workers: int = 1) -> list[str]:
-    """The API server: uvicorn on app.main:app, in `workers` processes on one port."""
+# The event loop: asyncio's own, not uvloop (which uvicorn picks when it is installed).
+# Under a closed loop of 64 pollers uvloop served as many requests a second but answered
+# some of them hundreds of ms late: it defers a response's write to a later turn of its
+# loop while it goes on reading new requests (MagicStack/uvloop#631, #123). A bare
+# FastAPI app had a p99 of 111-264 ms on uvloop and 15-23 ms on asyncio, this app's
+# /healthz 32-348 ms and 29-35 ms (docs/benchmarks.md, "The event loop").
+LOOP = "asyncio"
+
+
+def api_command(host: str, port: int, workers: int = 1, loop: str = LOOP) -> list[str]:
+    """The API server: uvicorn on app.main:app, in `workers` processes on one port (loop:
+    another event loop, for bench/service.py's comparison)."""
     argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
-            "--timeout-keep-alive", str(KEEP_ALIVE_S)]
+            "--timeout-keep-alive", str(KEEP_ALIVE_S), "--loop", loop]
     # uvicorn's own supervisor: it restarts a process that dies; each has its own
     # pools, admission gate and event-stream readers (docs/ARCHITECTURE.md).
     return [*argv, "--workers", str(workers)] if workers > 1 else argv

@@ -34,6 +34,7 @@ process of its own (this one's GIL is busy reading the streams).
     python -m bench.service [--dbs sqlite,postgres] [--sizes 1000,100000]
                             [--requests 4000] [--followers 1000] [--quick]
                             [--paced-interval-s 0.2] [--paced-s 8] [--api-processes 1]
+                            [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from pathlib import Path
 
 from sqlalchemy import insert, select, text
 
+from app.cli import LOOP
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
 from app.db import make_engine, make_sessionmaker, migrate, transaction
@@ -559,6 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paced-s", type=float, default=8.0, help="per paced phase")
     parser.add_argument("--api-processes", type=int, default=1,
                         help="uvicorn --workers N (docker-compose runs 2); > 1 skips SSE")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=LOOP,
+                        help=f"the API's event loop (`trainery api` runs {LOOP})")
     parser.add_argument("--followers", type=int, default=1000)
     parser.add_argument("--followed-jobs", type=int, default=10)
     parser.add_argument("--event-rate", type=float, default=2.0, help="events/s per job")
@@ -573,7 +577,8 @@ def main(argv: list[str] | None = None) -> None:
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     generator = (f"wrk ({WRK})" if WRK else "threads of this process (install wrk for a "
                  "generator that leaves the cores to the server)")
-    print(f"closed-loop load generator: {generator}", flush=True)
+    print(f"closed-loop load generator: {generator}; the API's event loop: {args.loop}",
+          flush=True)
     for kind in args.dbs.split(","):
         p99s: dict[int, tuple[float, float]] = {}
         for size in sizes:
@@ -586,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{args.api_processes} API process(es), {args.connections} keep-alive "
                       "pollers:", flush=True)
                 stack = Stack(url, Path(tmp))
-                stack.start_api(args.api_processes)
+                stack.start_api(args.api_processes, args.loop)
                 try:
                     phase = (args.connections, args.requests, args.max_s)
                     load(stack.port, "/healthz", 8, 200, 10)  # warm up

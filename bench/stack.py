@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from app.cli import api_command
+from app.cli import LOOP, api_command
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TRAINERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -90,9 +90,10 @@ class Stack:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    def start_api(self, processes: int = 1) -> None:
+    def start_api(self, processes: int = 1, loop: str = LOOP) -> None:
         """uvicorn on self.port; processes > 1: that many, under uvicorn's supervisor."""
-        self.api = self._spawn("api", api_command("127.0.0.1", self.port, processes), self.env)
+        self.api = self._spawn("api", api_command("127.0.0.1", self.port, processes, loop),
+                               self.env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

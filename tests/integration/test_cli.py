@@ -334,7 +334,8 @@ def test_worker_and_api_commands(monkeypatch: pytest.MonkeyPatch) -> None:
         "--without-gossip", "--without-mingle", "-n", "gpu1@%h", "--loglevel", "INFO"]
     assert worker_env is not None and worker_env["CUDA_VISIBLE_DEVICES"] == "1"
     assert api_argv[1:] == ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                            "--port", "9001", "--timeout-keep-alive", str(server_cli.KEEP_ALIVE_S)]
+                            "--port", "9001", "--timeout-keep-alive", str(server_cli.KEEP_ALIVE_S),
+                            "--loop", "asyncio"]
 
 
 def test_broker_choice_falls_back_to_the_embedded_one(monkeypatch: pytest.MonkeyPatch,

@@ -9,6 +9,8 @@ from pathlib import Path
 import tomllib
 import yaml
 
+from app.cli import api_command
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,6 +36,10 @@ def check_command(argv: list[str]) -> None:
     elif exe == "uvicorn":
         module, attr = argv[1].split(":")
         assert hasattr(importlib.import_module(module), attr)
+        # Served as `trainery api` serves it (app/cli.py): the same keep-alive and loop.
+        served = api_command("0.0.0.0", 8000)
+        for option in ("--timeout-keep-alive", "--loop"):
+            assert argv[argv.index(option) + 1] == served[served.index(option) + 1], option
     elif exe == "celery":
         assert argv[1] == "-A"
         app = importlib.import_module(argv[2])
