@@ -20,9 +20,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.core.states import JobStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -63,6 +66,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+# A job a runner holds: its writes are fenced by these statuses (app.services.lifecycle),
+# and ix_jobs_live indexes only these rows.
+LIVE = (JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
+LIVE_SQL = "status IN ({})".format(", ".join(f"'{status}'" for status in LIVE))
 
 
 class Job(Base):
@@ -106,6 +115,14 @@ class Job(Base):
         # A queued job's place in its queue (how many are ahead of it) is an index range
         # count, at any store size (app/services/workers.py).
         Index("ix_jobs_queue_position", "status", "queue", "priority", "created_at", "id"),
+        # The live jobs (running, cancelling) by worker: the fleet's current jobs and the
+        # lost-heartbeat sweep read only them, at any store size. A partial index, so the
+        # statements name the statuses as literals (app.services.lifecycle.IS_LIVE): with
+        # parameters, neither store can tell that the index covers them. (On
+        # ix_jobs_status_heartbeat, SQLite's planner scanned the whole table once ANALYZE
+        # had counted 25k rows per status: 40-60 ms at 100k jobs, on the API's event loop.)
+        Index("ix_jobs_live", "worker", sqlite_where=text(LIVE_SQL),
+              postgresql_where=text(LIVE_SQL)),
     )
 
 

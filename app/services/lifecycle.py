@@ -6,9 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from app import models
 from app.core.states import JobStatus
 from app.models import EpochMetrics, Job, JobEvent, WorkerRecord, utcnow
 from app.services import slots, webhooks
@@ -27,7 +28,11 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 # Runner-side writes are fenced by (status in LIVE, attempt): a runner whose
 # attempt was superseded can no longer touch the job.
-LIVE = (S.RUNNING.value, S.CANCELLING.value)
+LIVE = models.LIVE
+# "A live job" for a statement that reads many: the statuses rendered as literals, so
+# both stores read ix_jobs_live (a partial index, which a parameter cannot match).
+IS_LIVE = Job.status.in_(bindparam("live_statuses", list(LIVE), expanding=True,
+                                   literal_execute=True))
 
 
 class TransitionRejected(Exception):
@@ -271,7 +276,7 @@ def stale_jobs(session: Session, before: datetime) -> list[tuple[str, int, int]]
     """(id, attempt, lost_attempts) of live jobs whose last heartbeat is older than before."""
     rows = session.execute(
         select(Job.id, Job.attempt, Job.lost_attempts)
-        .where(Job.status.in_(LIVE), Job.heartbeat_at < before)).all()
+        .where(IS_LIVE, Job.heartbeat_at < before)).all()
     return [(r[0], r[1], r[2]) for r in rows]
 
 

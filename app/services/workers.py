@@ -69,7 +69,7 @@ def live(session: Session, lost_after_s: float, viewer: str | None = None) -> li
     running = {worker: job_id if viewer is None or owner == viewer else BUSY
                for worker, job_id, owner in session.execute(
                    select(Job.worker, Job.id, Job.owner)
-                   .where(Job.status.in_(lifecycle.LIVE),
+                   .where(lifecycle.IS_LIVE,
                           Job.worker.in_([w.name for w in rows]))).tuples()}
     for w in rows:
         session.expunge(w)  # a read model: never written back
