@@ -20,7 +20,7 @@ from starlette.routing import Route, compile_path
 from app.api.hot_reads import HotReads, page_poll
 from app.api.polls import PagePoll
 from app.core.spec import JobSpec
-from app.main import create_app
+from app.main import GC_THRESHOLDS, create_app
 from app.services import jobs as job_service
 from app.services import keys
 from app.services.unit_of_work import UnitOfWork
@@ -154,6 +154,9 @@ def test_no_other_route_shares_the_lanes_paths(database_url: str, tmp_path: Path
 def test_start_up_is_frozen_while_the_app_serves(database_url: str, tmp_path: Path) -> None:
     settings = Settings(database_url=database_url, data_dir=tmp_path, broker_url=NO_BROKER)
     app = create_app(settings)
+    before = gc.get_threshold()
     with TestClient(app):
         assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == GC_THRESHOLDS
     assert gc.get_freeze_count() == 0  # shut down: freed like anything else
+    assert gc.get_threshold() == before
