@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.followers import BUFFER, WAKE_BATCH, EventHub, Signal, read_after
+from app.api.followers import BUFFER, WAKE_BATCH, EventHub, Signal, Wakeups, read_after
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
 from app.db import transaction
@@ -105,5 +105,26 @@ def test_a_signal_wakes_every_waiter_and_times_out_the_rest() -> None:
         started = time.monotonic()
         assert await quiet.wait(0.05) is False
         assert time.monotonic() - started >= 0.04 and quiet._waiters == []
+
+    asyncio.run(scenario())
+
+
+def test_signals_of_one_hub_wake_their_followers_a_batch_a_turn_in_all() -> None:
+    """Ten feeds changed by one tick wake WAKE_BATCH followers per turn of the event loop
+    in all, not WAKE_BATCH of each, so polls get turns in between; all are woken."""
+    async def scenario() -> None:
+        wakeups = Wakeups()
+        signals = [Signal(wakeups) for _ in range(10)]
+        waits = [asyncio.ensure_future(s.wait(10)) for s in signals for _ in range(WAKE_BATCH)]
+        await asyncio.sleep(0)
+        for s in signals:
+            s.set()
+        woken = [sum(w.done() for w in waits)]
+        while woken[-1] < len(waits):
+            await asyncio.sleep(0)
+            woken.append(sum(w.done() for w in waits))
+        steps = [b - a for a, b in zip([0, *woken], woken, strict=False)]
+        assert max(steps) <= WAKE_BATCH and len(woken) >= len(waits) // WAKE_BATCH, steps
+        assert all(w.result() is True for w in waits)
 
     asyncio.run(scenario())
