@@ -179,7 +179,7 @@ KEEP_ALIVE_S = 75
 # Under a closed loop of 64 pollers uvloop served as many requests a second but answered
 # some of them hundreds of ms late: it defers a response's write to a later turn of its
 # loop while it goes on reading new requests (MagicStack/uvloop#631, #123). A bare
-# FastAPI app had a p99 of 111-264 ms on uvloop and 15-23 ms on asyncio, this app's
+# FastAPI app had a p99 of 111-261 ms on uvloop and 15-23 ms on asyncio, this app's
 # /healthz 32-348 ms and 29-35 ms (docs/benchmarks.md, "The event loop").
 LOOP = "asyncio"
 
