@@ -67,7 +67,11 @@ class Reading:
     covered_after: int | None = None  # set on a feed's first read
 
 
-WAKE_BATCH = 50  # followers woken per turn of the event loop, whichever feeds changed
+# Followers woken per turn of the event loop, whichever feeds changed. A poll needs a few
+# turns (on PostgreSQL more: its round awaits the server), and each turn of a fan-out
+# carries a batch: at 50, polls during 1,000 followers had a p99 of 62-88 ms on
+# PostgreSQL; at 16, 49 ms (bench/service.py).
+WAKE_BATCH = 16
 
 
 class Wakeups:
@@ -76,8 +80,8 @@ class Wakeups:
     A thousand followers woken in one turn would each send before the loop reads a
     socket again, and a poll arriving then would wait for all of them. One queue for all
     of a hub's feeds: a tick that changes ten feeds wakes their followers WAKE_BATCH a
-    turn in all, not WAKE_BATCH of each feed (500 at once; turns of 35 ms, polls meanwhile
-    at a p99 of 60-90 ms in bench/service.py).
+    turn in all, not WAKE_BATCH of each feed (it woke 500 at once: turns of 35 ms, which
+    polls meanwhile waited for).
     """
 
     def __init__(self) -> None:
