@@ -96,12 +96,16 @@ def reader(engine: Engine) -> Engine:
 def async_reader(url: str, pool_size: int = 2) -> AsyncEngine | None:
     """For PostgreSQL, an engine on psycopg's async driver whose connections read outside a
     transaction, as reader()'s: the API's polls read on it without a thread hop
-    (app/api/polls.py). None for SQLite, whose reads need no network wait."""
+    (app/api/polls.py). None for SQLite, whose reads need no network wait.
+
+    No ping at checkout (pool_pre_ping): a round of polls is a statement or two, and the
+    ping was one more round trip to the server in each. A round that meets a connection
+    the server dropped reads again on a fresh one instead (Polls._read_round), as the
+    ping would have had it."""
     if url.startswith("sqlite"):
         return None
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                               pool_pre_ping=True, isolation_level="AUTOCOMMIT",
-                               json_deserializer=json_loads)
+                               isolation_level="AUTOCOMMIT", json_deserializer=json_loads)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -142,6 +143,14 @@ class Polls:
         """Where a round waits least: without a thread (whose hop, and whose turns at
         the GIL while the event loop is busy, cost more than the round's reads)."""
         if self.async_engine is not None:  # PostgreSQL: its async driver, in a greenlet
+            try:
+                async with AsyncSession(self.async_engine) as session:
+                    return await session.run_sync(self._read_in, polls)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            # The server had dropped the connection (a restart, an idle timeout); the
+            # pool has discarded it and its like: a read is safe to send again, once.
             async with AsyncSession(self.async_engine) as session:
                 return await session.run_sync(self._read_in, polls)
         if self.inline:  # SQLite: index reads of a local file, WAL: never waits on a writer

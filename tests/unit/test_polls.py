@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.admission import Admission
@@ -275,3 +275,30 @@ def test_a_round_reads_a_few_pages_and_the_rest_wait_for_the_next(
     assert len(rounds) == 3 and all(
         sum(isinstance(p.what, PagePoll) for p in r) <= PAGES_MAX for r in rounds), rounds
     assert asked[-1] in rounds[0]  # a job poll does not wait behind the pages
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_round_on_a_connection_the_server_dropped_reads_again_on_a_fresh_one(
+        engine: Engine, factory: sessionmaker[Session], tmp_path: Path) -> None:
+    """Rounds ping no connection before they use it (a round trip per round): when the
+    server has dropped the pooled one (a restart), the round reads once more on a new
+    connection, and its polls are answered as if nothing happened."""
+    job_id = _submit(factory, "alice", "kept")
+    polls = _polls(engine, tmp_path)
+    asked = Poll(_as("alice"), JobPoll(job_id))
+    assert polls.async_engine is not None
+
+    async def run() -> tuple[bytes, bytes]:
+        try:
+            first = await polls.answer(asked)
+            with engine.connect() as conn:  # every other connection to this database
+                dropped = conn.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+            assert dropped, "the round's connection was not in the pool"
+            return first, await polls.answer(asked)
+        finally:
+            await _closed(polls)
+
+    first, again = asyncio.run(run())
+    assert json.loads(first)["id"] == json.loads(again)["id"] == job_id
