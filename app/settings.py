@@ -112,8 +112,13 @@ class Settings(BaseSettings):
     runner_python: str = ""
     # Spare runners a worker keeps imported and waiting, so a job's runner starts
     # warm (workers/warmpool.py): "last" one for the framework it ran last, "both"
-    # one per framework (more memory), "off" none (every runner starts cold).
-    warm_runners: Literal["last", "both", "off"] = "last"
+    # one per framework (more memory), "pytorch" or "keras" that framework's only,
+    # "off" none (every runner starts cold).
+    warm_runners: Literal["last", "both", "pytorch", "keras", "off"] = "last"
+    # On Linux the PyTorch spare is a template that forks each job's runner (a copy of a
+    # process that imported and warmed up but never ran a job: milliseconds instead of
+    # seconds of CPU per job); false: a spare per job, as for Keras.
+    fork_runners: bool = True
     # The data a runner process may allocate (RLIMIT_DATA, set before it starts): past
     # it an allocation fails and the job ends out_of_memory instead of taking the
     # worker's machine down. Unset: limits.job_memory_bytes plus RUNNER_OVERHEAD_BYTES

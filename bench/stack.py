@@ -71,9 +71,10 @@ class Stack:
             # Several workers train side by side on a small machine: one thread each,
             # as `trainery worker` would share the cores among its slots.
             "TRAINERY_RUNNER_THREADS": "1",
-            # A spare runner imports torch at every worker start and after every job: on
-            # a 2-core test box with dozens of workers that doubles the CPU spent on
-            # runner start-ups. Tests and benchmarks of warm runners ask for a policy.
+            # A spare runner imports torch at every worker start: on a 2-core test box
+            # with dozens of workers, most of which run a job or two, that is CPU spent
+            # for nothing. Workers that run many jobs (the suite's shared ones), and
+            # tests and benchmarks of warm runners, ask for a policy.
             "TRAINERY_WARM_RUNNERS": "off",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),

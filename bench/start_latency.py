@@ -7,7 +7,11 @@ the worker's spare runner for that framework has finished preloading ("an idle w
 worker"). The runner records its start phases in the job's "first optimizer step"
 event (workers/phases.py); this program reads them through the API. The same run
 measures a bare `python -c "import torch"` (and tensorflow) as the cold baseline, and
-then, unless --cold-jobs 0, the same jobs on a worker with TRAINERY_WARM_RUNNERS=off.
+then the same PyTorch jobs on a worker with TRAINERY_FORK_RUNNERS=false (a spare per
+job instead of forks of a template), and, unless --cold-jobs 0, on a worker with
+TRAINERY_WARM_RUNNERS=off. Beside the latencies it prints the CPU time the machine spent
+per measured job (all processes, from /proc/stat: the API, the worker, the runner, and
+replacing the spare the job used), which is what a busy worker pays per job.
 
     python -m bench.start_latency [--jobs 12] [--frameworks pytorch,keras] [--cold-jobs 3]
 """
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +54,17 @@ def bare_import(module: str, repeats: int) -> list[float]:
     return times
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds this machine has spent not idle since boot (all cores, /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_spare_ready(worker_pid: int, framework: str, timeout: float = 180) -> None:
+    """Until a spare (or a template) for framework has preloaded."""
     deadline = time.monotonic() + timeout
-    while not any(cmd.endswith(f"workers.spare {framework} (ready)")
+    while not any(f"workers.spare {framework}" in cmd and cmd.endswith("(ready)")
                   for cmd in runner_processes(worker_pid).values()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no ready {framework} spare after {timeout}s")
@@ -80,12 +93,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def report(label: str, starts: list[dict[str, Any]]) -> None:
+@dataclass
+class Measured:
+    """One worker's measured jobs of one framework, and the machine's CPU time they took."""
+
+    starts: list[dict[str, Any]]
+    cpu_s: float
+
+
+def report(label: str, measured: Measured) -> None:
+    starts = measured.starts
     lat = [latency(s) for s in starts]
     p50, p95 = statistics.median(lat), percentile(lat, 0.95)
     warm = sum(bool(s["warm"]) for s in starts)
     print(f"  {label}: n={len(lat)} warm={warm}  p50 {p50:.3f}s  p95 {p95:.3f}s  "
-          f"p95/p50 {p95 / p50:.2f}  min {min(lat):.3f}s  max {max(lat):.3f}s")
+          f"p95/p50 {p95 / p50:.2f}  min {min(lat):.3f}s  max {max(lat):.3f}s  "
+          f"CPU {measured.cpu_s / len(starts):.2f}s a job")
     parts = [f"claim {statistics.median(-s['queued_s'] for s in starts):.3f}"]
     for phase in PHASES:
         values = [s[f"{phase}_s"] - s["queued_s"] for s in starts if f"{phase}_s" in s]
@@ -95,22 +118,27 @@ def report(label: str, starts: list[dict[str, Any]]) -> None:
 
 
 def measure(stack: Stack, worker: str, frameworks: list[str], jobs: int, warm: bool,
-            policy: str) -> dict[str, list[dict[str, Any]]]:
-    proc = stack.start_worker(worker, env={"TRAINERY_WARM_RUNNERS": policy})
-    results: dict[str, list[dict[str, Any]]] = {}
+            env: dict[str, str]) -> dict[str, Measured]:
+    proc = stack.start_worker(worker, env=env)
+    results: dict[str, Measured] = {}
     try:
         for framework in frameworks:
             # A first job per framework (not counted): with the "last" policy it is
             # the one that switches the worker's spare to this framework.
             run_job(stack, tiny(framework, 0))
+            if warm:
+                wait_spare_ready(proc.pid, framework)
+            cpu = busy_cpu_s()
             starts = []
             for i in range(1, jobs + 1):
-                if warm:
+                if i > 1 and warm:
                     wait_spare_ready(proc.pid, framework)
-                else:
+                elif i > 1:
                     time.sleep(1.0)
                 starts.append(run_job(stack, tiny(framework, i)))
-            results[framework] = starts
+            if warm:  # the spare the last job used is replaced too
+                wait_spare_ready(proc.pid, framework)
+            results[framework] = Measured(starts, busy_cpu_s() - cpu)
     finally:
         stack.stop_worker(worker)
     return results
@@ -146,8 +174,14 @@ def main() -> int:
         stack = Stack(url, Path(tmp))
         try:
             stack.start_api()
-            warm = measure(stack, "warm", frameworks, args.jobs, True, args.policy)
-            cold = (measure(stack, "cold", frameworks, args.cold_jobs, False, "off")
+            warm = measure(stack, "warm", frameworks, args.jobs, True,
+                           {"TRAINERY_WARM_RUNNERS": args.policy})
+            spares = (measure(stack, "spares", ["pytorch"], args.jobs, True,
+                              {"TRAINERY_WARM_RUNNERS": args.policy,
+                               "TRAINERY_FORK_RUNNERS": "false"})
+                      if "pytorch" in frameworks else {})
+            cold = (measure(stack, "cold", frameworks, args.cold_jobs, False,
+                            {"TRAINERY_WARM_RUNNERS": "off"})
                     if args.cold_jobs else {})
         finally:
             stack.stop()
@@ -156,10 +190,15 @@ def main() -> int:
           "TRAINERY_RUNNER_THREADS=1):")
     for framework in frameworks:
         print(f" {framework}:")
-        report(f"warm runner ({args.policy})", warm[framework])
+        forked = framework == "pytorch"
+        report(f"warm runner ({args.policy}{', forked from a template' if forked else ''})",
+               warm[framework])
+        if framework in spares:
+            report(f"warm runner ({args.policy}, a spare per job: TRAINERY_FORK_RUNNERS=false)",
+                   spares[framework])
         if framework in cold:
             report("cold runner (off)", cold[framework])
-        p50 = statistics.median(latency(s) for s in warm[framework])
+        p50 = statistics.median(latency(s) for s in warm[framework].starts)
         print(f"  warm p50 / bare `import {IMPORTS[framework]}`: "
               f"{p50 / baseline[framework]:.2f}")
     print(f"load average after: {os.getloadavg()}")

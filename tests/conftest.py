@@ -136,7 +136,10 @@ def stack(request: pytest.FixtureRequest, stacks: dict[str, Stack],
         s.backend = backend  # type: ignore[attr-defined]
         stacks[backend] = s
         s.start_api()
-        s.start_worker("w1")
+        # The shared worker runs most of the suite's PyTorch jobs: each one's runner is a
+        # fork of its template (milliseconds), not a new interpreter importing torch
+        # (seconds of CPU). Keras jobs start cold.
+        s.start_worker("w1", env={"TRAINERY_WARM_RUNNERS": "pytorch"})
     return stacks[backend]
 
 

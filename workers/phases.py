@@ -18,7 +18,7 @@ from typing import Any
 from workers.callbacks import Callback, Trainer
 
 # In order; a phase not reached (or not measured) is left out of the report.
-ORDER = ("spawned", "imported", "runner_started", "framework_ready", "data_ready",
+ORDER = ("spawned", "imported", "forked", "runner_started", "framework_ready", "data_ready",
          "model_ready", "first_step")
 
 

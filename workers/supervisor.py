@@ -25,7 +25,7 @@ from app.services import lifecycle, slots
 from app.settings import Settings
 from workers import runner as runner_module
 from workers.rankgroup import GroupProc, RankFailure, RankGroup
-from workers.warmpool import RunContext, RunnerProcess, WarmPool
+from workers.warmpool import ForkedProc, RunContext, RunnerProcess, WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,8 @@ class Supervisor:
             runner.close()
         return len(held)
 
-    def _watch(self, proc: subprocess.Popen[bytes] | GroupProc, job_id: str, attempt: int,
-               deadline: float) -> tuple[bool, str | None]:
+    def _watch(self, proc: subprocess.Popen[bytes] | ForkedProc | GroupProc, job_id: str,
+               attempt: int, deadline: float) -> tuple[bool, str | None]:
         """Heartbeat until the runner exits; (False, _) if the job was taken from us or timed
         out."""
         stopped_for: str | None = None
@@ -199,7 +199,8 @@ class Supervisor:
                 proc.kill()
 
     @staticmethod
-    def _ask_stop(proc: subprocess.Popen[bytes] | GroupProc, job_id: str, why: str) -> None:
+    def _ask_stop(proc: subprocess.Popen[bytes] | ForkedProc | GroupProc, job_id: str,
+                  why: str) -> None:
         log.info("job %s: asking the runner to stop (%s)", job_id, why)
         proc.send_signal(signal.SIGTERM)
 
@@ -208,7 +209,7 @@ class Supervisor:
             return float(session.get_one(Job, job_id).spec["resources"]["max_runtime_s"])
 
     @staticmethod
-    def _kill(proc: subprocess.Popen[bytes] | GroupProc) -> None:
+    def _kill(proc: subprocess.Popen[bytes] | ForkedProc | GroupProc) -> None:
         proc.kill()
         proc.wait()
 

@@ -6,11 +6,20 @@ the framework and the project and waits on its stdin; a job is handed to it as o
 line, and a new spare starts at once for the next job. `TRAINERY_WARM_RUNNERS` says
 which spares a worker keeps: `last` (default) one for the framework it ran last
 (PyTorch before the first job), `both` one per framework (more memory: an idle
-PyTorch spare holds ~0.25 GB, a TensorFlow one ~0.5 GB), `off` none. Without a usable
+PyTorch spare holds ~0.25 GB, a TensorFlow one ~0.5 GB), `pytorch` or `keras` that
+framework's alone, `off` none. Without a usable
 spare a job's runner starts cold, `python -m workers.runner JOB ATTEMPT RESULT`, as
 before. A spare is started with exactly the environment a job's runner gets; if the
 worker's environment (or runner Python) changed since, or the spare died, it is
 discarded and the job's runner starts cold.
+
+The PyTorch spare is a template (`FORKS`, `TRAINERY_FORK_RUNNERS`, Linux): it stays, and
+each job's runner is a fork of it (`python -m workers.spare pytorch --fork`), a process
+of its own that starts in milliseconds instead of importing and warming up again (about
+6 s of CPU). The template is the fork's parent, so it reaps the runner and reports its
+exit code; `ForkedProc` gives the supervisor the Popen calls it makes. TensorFlow starts
+threads of its own at import and in its warm-up, and a fork keeps only the forking
+thread, so the Keras spare runs one job and is replaced, as before.
 
 A runner's stdout and stderr go to a private file (its tail goes into a failed job's
 events); its log records go to the worker's own stderr, through a copy of that descriptor
@@ -27,6 +36,7 @@ import json
 import logging
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -42,6 +52,10 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("pytorch", "keras")
+# The frameworks whose spare forks each job's runner (workers/spare.py: Template):
+# their import and warm-up leave the process with its main thread alone.
+FORKS = ("pytorch",)
+FORK_REPLY_S = 30.0  # a template that has not answered a job line by then is dropped
 PR_SET_PDEATHSIG = 1
 
 
@@ -95,6 +109,83 @@ def runner_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+class ForkChannel:
+    """A template's stdout, read by the worker: the pids it forked, and how each ended."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.exits: dict[int, int] = {}
+        self.replies: list[dict[str, object]] = []
+        self.children: set[int] = set()
+        self.closed = False
+        self._pending = b""
+
+    def read(self, timeout: float | None) -> None:
+        """Take in what the template said within timeout (None: until it says something)."""
+        if self.closed:
+            return
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        if not select.select([fd], [], [], timeout)[0]:
+            return
+        data = os.read(fd, 1 << 16)
+        if not data:  # the template is gone, and its children with it (PDEATHSIG)
+            self.closed = True
+            for pid in self.children - self.exits.keys():
+                self.exits[pid] = -signal.SIGKILL
+            return
+        self._pending += data
+        while b"\n" in self._pending:
+            line, self._pending = self._pending.split(b"\n", 1)
+            message = json.loads(line)
+            if "exit" in message:
+                self.exits[int(message["exit"])] = int(message["code"])
+            else:
+                self.replies.append(message)
+
+    def running(self) -> bool:
+        """Whether a child the template forked has not been reported ended yet."""
+        if not self.closed:
+            self.read(0)
+        return bool(self.children - self.exits.keys())
+
+
+class ForkedProc:
+    """A runner a template forked, behind the Popen calls the supervisor makes (wait,
+    poll, kill, signal); its exit code comes from the template, its parent."""
+
+    def __init__(self, channel: ForkChannel, pid: int) -> None:
+        self.channel, self.pid = channel, pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.channel.exits.get(self.pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.channel.read(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.returncode) is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
+            self.channel.read(left)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        # Its pid is not reused before the template has reaped it, and the template
+        # says so before anything else: an ended runner is never signalled.
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class RunnerProcess:
     """One runner process with its private directory: its log and its result file."""
@@ -102,32 +193,78 @@ class RunnerProcess:
     framework: str
     python: str
     env: dict[str, str]
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | ForkedProc
     tmp: tempfile.TemporaryDirectory[str]
     log_file: IO[bytes]
     job: str | None = field(default=None)
+    channel: ForkChannel | None = field(default=None)  # a template's: its children
 
     @classmethod
     def spawn(cls, framework: str, python: str, env: dict[str, str], log_fd: int | None,
               job: tuple[str, int, str, RunContext] | None = None,
-              memory_bytes: int | None = None) -> RunnerProcess:
-        """Start a spare for framework (it preloads, then waits for `hand`), or, given a
-        job, a cold `python -m workers.runner JOB ATTEMPT RESULT DEVICE CONTEXT` for it.
-        Either inherits log_fd, where its log lines go, and has its data segment capped
-        at memory_bytes (None: no cap)."""
+              memory_bytes: int | None = None, fork: bool = False) -> RunnerProcess:
+        """Start a spare for framework (it preloads, then waits for `hand`; with fork, a
+        template that forks a runner per `fork`), or, given a job, a cold `python -m
+        workers.runner JOB ATTEMPT RESULT DEVICE CONTEXT` for it. Each inherits log_fd,
+        where its log lines go, and has its data segment capped at memory_bytes (None:
+        no cap)."""
         tmp = tempfile.TemporaryDirectory(prefix="trainery-")
         log_file = (Path(tmp.name) / "runner.log").open("wb")
+        stdout: int | IO[bytes] = log_file
         if job is None:
             argv, stdin = ["-m", "workers.spare", framework], subprocess.PIPE
+            if fork:
+                argv.append("--fork")
+                stdout = subprocess.PIPE  # the channel; its stderr still goes to the log
         else:
             result = Path(tmp.name) / "result.json"
             argv, stdin = ["-m", "workers.runner", job[0], str(job[1]), str(result), job[2],
                            job[3].to_arg()], None
         proc = subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
-                                stdout=log_file, stderr=subprocess.STDOUT,
+                                stdout=stdout, stderr=log_file,
                                 pass_fds=() if log_fd is None else (log_fd,),
                                 preexec_fn=functools.partial(runner_preexec, memory_bytes))
-        return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None)
+        return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None,
+                   ForkChannel(proc) if fork else None)
+
+    def fork(self, job_id: str, attempt: int, device: str,
+             context: RunContext) -> RunnerProcess:
+        """A runner for the job, forked by this template; OSError if the template cannot."""
+        stdin = self.popen.stdin
+        assert self.channel is not None and stdin is not None
+        tmp = tempfile.TemporaryDirectory(prefix="trainery-")
+        log_file = (Path(tmp.name) / "runner.log").open("wb")
+        result = Path(tmp.name) / "result.json"
+        line = {"argv": [job_id, str(attempt), str(result), device, context.to_arg()],
+                "handed_at": time.time(), "log": str(Path(tmp.name) / "runner.log")}
+        try:
+            stdin.write(json.dumps(line).encode() + b"\n")
+            stdin.flush()
+            deadline = time.monotonic() + FORK_REPLY_S
+            while not self.channel.replies and not self.channel.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OSError(f"the template did not answer within {FORK_REPLY_S:.0f}s")
+                self.channel.read(left)
+            if not self.channel.replies:
+                raise OSError(f"the template exited ({self.popen.wait()})")
+            reply = self.channel.replies.pop(0)
+            if "pid" not in reply:
+                raise OSError(f"the template forked nothing: {reply.get('error')}")
+        except (OSError, ValueError):
+            log_file.close()
+            tmp.cleanup()
+            raise
+        pid = int(str(reply["pid"]))
+        self.channel.children.add(pid)
+        return RunnerProcess(self.framework, self.python, self.env,
+                             ForkedProc(self.channel, pid), tmp, log_file, job_id)
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        """The process this worker started itself (a spare, a template, a cold runner)."""
+        assert isinstance(self.proc, subprocess.Popen), "a forked runner has no pipes"
+        return self.proc
 
     @property
     def result_path(self) -> Path:
@@ -140,23 +277,32 @@ class RunnerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def busy(self) -> bool:
+        """Whether this is a template with a runner of its own still running."""
+        return self.channel is not None and self.channel.running()
+
     def hand(self, job_id: str, attempt: int, device: str, context: RunContext) -> None:
         """Give this runner its job (on the device the worker verified); OSError if it is gone."""
-        assert self.proc.stdin is not None and self.job is None
+        stdin = self.popen.stdin
+        assert stdin is not None and self.job is None
         line = {"argv": [job_id, str(attempt), str(self.result_path), device, context.to_arg()],
                 "handed_at": time.time()}
-        self.proc.stdin.write(json.dumps(line).encode() + b"\n")
-        self.proc.stdin.close()
+        stdin.write(json.dumps(line).encode() + b"\n")
+        stdin.close()
         self.job = job_id
 
     def close(self) -> None:
-        """Stop the process if it still runs, and remove its files."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
+        """Stop the process if it still runs, and remove its files (a template's forks
+        die with it)."""
+        popen = self.proc if isinstance(self.proc, subprocess.Popen) else None
+        if popen is not None and popen.stdin is not None and not popen.stdin.closed:
             with contextlib.suppress(OSError):
-                self.proc.stdin.close()
+                popen.stdin.close()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        if popen is not None and popen.stdout is not None:
+            popen.stdout.close()
         self.log_file.close()
         self.tmp.cleanup()
 
@@ -183,10 +329,17 @@ class WarmPool:
     def python(self) -> str:
         return self.settings.runner_python or sys.executable
 
+    def forks(self, framework: str) -> bool:
+        """Whether framework's spare is a template that forks each job's runner."""
+        return (framework in FORKS and self.settings.fork_runners
+                and sys.platform.startswith("linux"))
+
     def wanted(self) -> list[str]:
         """The frameworks this worker keeps a spare for now."""
         if self.closed or self.policy == "off":
             return []
+        if self.policy in FRAMEWORKS:
+            return [self.policy]
         return list(FRAMEWORKS) if self.policy == "both" else [self.last]
 
     def _usable(self, spare: RunnerProcess) -> bool:
@@ -202,19 +355,24 @@ class WarmPool:
         return True
 
     def fill(self) -> None:
-        """Start the spares the policy wants and drop the others (or the stale)."""
+        """Start the spares the policy wants and drop the others (or the stale); a
+        template whose runner still runs stays until that runner has ended."""
         wanted = self.wanted()
         for framework, spare in list(self.spares.items()):
+            if spare.busy():
+                continue
             if framework not in wanted or not self._usable(spare):
                 del self.spares[framework]
                 spare.close()
         for framework in wanted:
             if framework not in self.spares:
+                fork = self.forks(framework)
                 self.spares[framework] = RunnerProcess.spawn(
                     framework, self.python, runner_env(), self.log_fd,
-                    memory_bytes=self.settings.resolved_runner_memory())
-                log.info("started a %s spare runner (pid %d)", framework,
-                         self.spares[framework].proc.pid)
+                    memory_bytes=self.settings.resolved_runner_memory(), fork=fork)
+                log.info("started a %s %s (pid %d)", framework,
+                         "template runner (it forks each job's runner)" if fork
+                         else "spare runner", self.spares[framework].proc.pid)
 
     def start(self, framework: str, job_id: str, attempt: int, device: str,
               worker: str | None = None, request_id: str | None = None) -> RunnerProcess:
@@ -226,7 +384,16 @@ class WarmPool:
         if runner is not None and not self._usable(runner):
             runner.close()
             runner = None
-        if runner is not None:
+        if runner is not None and runner.channel is not None:  # a template: it stays
+            template, runner = runner, None
+            try:
+                runner = template.fork(job_id, attempt, device, context)
+                self.spares[framework] = template
+            except OSError as exc:
+                log.warning("the %s template runner could not fork the job's runner (%s); "
+                            "starting it cold", framework, exc)
+                template.close()
+        elif runner is not None:
             try:
                 runner.hand(job_id, attempt, device, context)
             except OSError:  # it died since _usable looked

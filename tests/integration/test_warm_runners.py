@@ -1,4 +1,5 @@
-"""Warm runners: a spare runner per job, nothing shared between jobs, nothing left behind."""
+"""Warm runners: a runner per job, forked from a template (PyTorch) or a spare of its own
+(Keras), nothing shared between jobs, nothing left behind."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def run(stack: Stack, spec: dict[str, Any]) -> str:
 @SQLITE
 def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare(
         fresh_stack: Stack) -> None:
-    fresh_stack.start_worker("w1", env={"TRAINERY_WARM_RUNNERS": "last"})
+    worker = fresh_stack.start_worker("w1", env={"TRAINERY_WARM_RUNNERS": "last"})
     a = tiny_spec(epochs=2, name="a", training={"epochs": 2, "batch_size": 16, "seed": 5})
     b = tiny_spec(epochs=3, name="b", training={"epochs": 3, "batch_size": 8, "seed": 9,
                                                 "optimizer": {"name": "sgd", "lr": 0.1}})
@@ -65,11 +66,14 @@ def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare
         assert start["since"] == "claim" and start["queued_s"] <= 0
         assert 0 <= start["runner_started_s"] <= start["data_ready_s"] \
             <= start["model_ready_s"] <= start["first_step_s"]
+        # Its runner is a fork of the template the worker started before the job was
+        # claimed: spawned then, forked after the claim; warm once the template had
+        # imported (the first job may come before it has).
+        assert start["spawned_s"] < 0 <= start["forked_s"] <= start["runner_started_s"], start
         if i > 0:
-            # Its runner was started before the job was claimed: the spare the
-            # previous job's start left ready.
-            assert start["spawned_s"] < 0, start
+            assert start["warm"] is True and start["imported_s"] < 0, start
     assert len(pids) == len(jobs)  # one process per job
+    assert not {int(pid) for pid in pids} & set(runner_processes(worker.pid))  # all ended
 
     # And the same as a cold runner (`python -m workers.runner`, nothing preloaded).
     fresh_stack.stop_worker("w1")
@@ -79,6 +83,14 @@ def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare
     _, start = start_phases(fresh_stack, cold)
     assert start["warm"] is False and "spawned_s" not in start
 
+    # And the same as a spare of its own (no template).
+    fresh_stack.stop_worker("w2")
+    fresh_stack.start_worker("w3", env={"TRAINERY_FORK_RUNNERS": "false"})
+    spare = run(fresh_stack, a)
+    assert metrics(fresh_stack, spare) == first
+    _, start = start_phases(fresh_stack, spare)
+    assert "forked_s" not in start and start["pid"] not in pids
+
 
 @SQLITE
 def test_a_sigkilled_worker_leaves_no_runner_and_no_spare(fresh_stack: Stack) -> None:
@@ -87,7 +99,7 @@ def test_a_sigkilled_worker_leaves_no_runner_and_no_spare(fresh_stack: Stack) ->
              120, "no spare ready")
     job = fresh_stack.submit(tiny_spec(epochs=200, name="long"))
     fresh_stack.wait(job["id"], statuses={"running"}, timeout=60)
-    # The job's runner and the next spare.
+    # The job's runner and the template it was forked from.
     wait_for(lambda: len(runner_processes(worker.pid)) == 2, 60, "no runner and spare")
     os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its process group
     worker.wait()

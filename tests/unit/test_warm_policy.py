@@ -7,13 +7,17 @@ from workers.phases import StartPhases
 from workers.warmpool import WarmPool
 
 
-def test_policy_last_follows_the_framework_run_last_both_keeps_two_off_none() -> None:
+def test_warm_policies_last_both_one_framework_and_off() -> None:
     last = WarmPool(Settings(warm_runners="last"))
     assert last.wanted() == ["pytorch"]
     last.last = "keras"
     assert last.wanted() == ["keras"]
     assert WarmPool(Settings(warm_runners="both")).wanted() == ["pytorch", "keras"]
     assert WarmPool(Settings(warm_runners="off")).wanted() == []
+    only = WarmPool(Settings(warm_runners="pytorch"))
+    only.last = "keras"
+    assert only.wanted() == ["pytorch"]  # whatever ran last
+    assert WarmPool(Settings(warm_runners="keras")).wanted() == ["keras"]
     closed = WarmPool(Settings(warm_runners="both"))
     closed.close()
     assert closed.wanted() == []
