@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from app.api.routers import datasets, health, jobs, studies, webhooks, workers
 from app.artifacts import open_store
 from app.broker import make_celery
 from app.db import async_reader, make_engine, make_sessionmaker, reader, writer
-from app.observability.logging import configure_logging, install_request_ids
+from app.observability.logging import configure_logging, install_request_ids, lines_per_turn
 from app.observability.metrics import count_statements, install_metrics
 from app.services.jobs import PublicCache
 from app.services.workers import FleetSnapshot
@@ -74,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         thresholds = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)
         try:
-            yield
+            with lines_per_turn(asyncio.get_running_loop()):
+                yield
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()  # an app made and shut down in a longer process (tests) is freed
