@@ -26,9 +26,10 @@ RUN pip install ./client .
 USER trainery
 EXPOSE 8000
 # As `trainery api` (app/cli.py): --timeout-keep-alive longer than clients' (KEEP_ALIVE_S),
-# --loop asyncio (LOOP: uvloop answered some polls hundreds of ms late under load).
+# --loop asyncio (LOOP: uvloop answered some polls hundreds of ms late under load),
+# --no-access-log (the app logs its own request line).
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75", \
-     "--loop", "asyncio"]
+     "--loop", "asyncio", "--no-access-log"]
 
 # A worker: supervisor plus both runners. CPU wheels by default; pass
 # TORCH_INDEX (and TF_PACKAGE) for CUDA builds.

@@ -187,8 +187,11 @@ LOOP = "asyncio"
 def api_command(host: str, port: int, workers: int = 1, loop: str = LOOP) -> list[str]:
     """The API server: uvicorn on app.main:app, in `workers` processes on one port (loop:
     another event loop, for bench/service.py's comparison)."""
+    # --no-access-log: the app logs its own request line (app/observability/logging.py);
+    # with uvicorn's access logger merely disabled, uvicorn still built each line's
+    # arguments (the client's address, the path) before the logger dropped it.
     argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
-            "--timeout-keep-alive", str(KEEP_ALIVE_S), "--loop", loop]
+            "--timeout-keep-alive", str(KEEP_ALIVE_S), "--loop", loop, "--no-access-log"]
     # uvicorn's own supervisor: it restarts a process that dies; each has its own
     # pools, admission gate and event-stream readers (docs/ARCHITECTURE.md).
     return [*argv, "--workers", str(workers)] if workers > 1 else argv

@@ -258,12 +258,14 @@ class RequestContext:
                 log_line()
             await send(message)
 
-        with bound(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                if not logged:  # the app failed before it answered
-                    log_line()
+        # The request's own id only: an API request sets no other context field.
+        token = _context["request_id"].set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if not logged:  # the app failed before it answered
+                log_line()
+            _context["request_id"].reset(token)
 
 
 def install_request_ids(app: FastAPI) -> None:

@@ -200,6 +200,10 @@ def _status_class(code: int) -> str:
     return f"{code // 100}xx"
 
 
+# HTTP_DURATION's series by their labels: methods x route templates x status classes.
+_TIMERS: dict[tuple[str, str, str], Histogram] = {}
+
+
 class RequestTimer:
     """Times every request, to its response's start, by route template and status class.
 
@@ -221,8 +225,11 @@ class RequestTimer:
             observed = True
             # The template, never the raw path: job ids must not become label values.
             template = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_DURATION.labels(scope["method"], template, _status_class(status)).observe(
-                time.perf_counter() - started)
+            labels = (scope["method"], template, _status_class(status))
+            timer = _TIMERS.get(labels)
+            if timer is None:  # labels() takes a lock and checks its values each call
+                timer = _TIMERS[labels] = HTTP_DURATION.labels(*labels)
+            timer.observe(time.perf_counter() - started)
 
         async def send_timed(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -335,7 +335,7 @@ def test_worker_and_api_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker_env is not None and worker_env["CUDA_VISIBLE_DEVICES"] == "1"
     assert api_argv[1:] == ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                             "--port", "9001", "--timeout-keep-alive", str(server_cli.KEEP_ALIVE_S),
-                            "--loop", "asyncio"]
+                            "--loop", "asyncio", "--no-access-log"]
 
 
 def test_broker_choice_falls_back_to_the_embedded_one(monkeypatch: pytest.MonkeyPatch,

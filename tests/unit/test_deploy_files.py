@@ -36,10 +36,12 @@ def check_command(argv: list[str]) -> None:
     elif exe == "uvicorn":
         module, attr = argv[1].split(":")
         assert hasattr(importlib.import_module(module), attr)
-        # Served as `trainery api` serves it (app/cli.py): the same keep-alive and loop.
+        # Served as `trainery api` serves it (app/cli.py): the same keep-alive and loop,
+        # without uvicorn's access log.
         served = api_command("0.0.0.0", 8000)
         for option in ("--timeout-keep-alive", "--loop"):
             assert argv[argv.index(option) + 1] == served[served.index(option) + 1], option
+        assert "--no-access-log" in argv and "--no-access-log" in served
     elif exe == "celery":
         assert argv[1] == "-A"
         app = importlib.import_module(argv[2])
