@@ -31,10 +31,18 @@ class BodyCap:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
             await self.app(scope, receive, send)
             return
+        framed = False
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._too_large()(scope, receive, send)
-                return
+            if name == b"content-length":
+                framed = True
+                if value.isdigit() and int(value) > self.max_bytes:
+                    await self._too_large()(scope, receive, send)
+                    return
+            elif name == b"transfer-encoding":
+                framed = True
+        if not framed:  # neither header: the request has no body (RFC 9112, 6.3), a poll's case
+            await self.app(scope, receive, send)
+            return
         messages: list[Message] = []
         size = 0
         while True:
