@@ -1,14 +1,36 @@
 """`python -m workers.devicecheck`: can this worker's pinned device run a kernel? Prints JSON.
 
-Runs in its own process so the worker itself never initialises a framework or CUDA.
+Runs in its own process so the worker itself never initialises a framework or CUDA. A
+worker pinned to no GPU runs `cpu_check` in its own process instead: nothing there to
+initialise, only a framework to find.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 from typing import Any
+
+FRAMEWORK_MODULES = ("torch", "tensorflow")
+
+
+def gpu_pinned() -> bool:
+    """Whether CUDA_VISIBLE_DEVICES names a GPU for this worker."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1")
+
+
+def cpu_check() -> dict[str, Any]:
+    """No GPU pinned: the CPU runs whatever an installed framework runs, so the check is
+    that one is installed, found without importing it (an import is seconds of CPU at
+    every worker start, and the job's runner imports it anyway)."""
+    found = [name for name in FRAMEWORK_MODULES if importlib.util.find_spec(name) is not None]
+    if not found:
+        return {"ok": False, "device": "cpu", "gpu_name": None,
+                "detail": "neither torch nor tensorflow is installed for this worker's Python"}
+    return {"ok": True, "device": "cpu", "gpu_name": None,
+            "detail": f"ok (no GPU pinned; {' and '.join(found)} installed)"}
 
 
 def check() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from app.services import dispatch
 from app.services import workers as worker_service
 from app.services.studies import controller as studies
 from app.settings import get_settings
+from workers import devicecheck
 from workers.maintenance import Maintenance
 from workers.supervisor import Supervisor
 from workers.webhook_sender import WebhookSender
@@ -50,7 +51,10 @@ def init_supervisor(app: Celery, hostname: str | None = None) -> Supervisor:
 
 
 def device_check() -> dict[str, Any]:
-    """Run workers.devicecheck in a child process; its verdict."""
+    """Run workers.devicecheck in a child process (on the CPU, its cpu_check here); its
+    verdict."""
+    if not devicecheck.gpu_pinned():
+        return devicecheck.cpu_check()
     try:
         out = subprocess.run([sys.executable, "-m", "workers.devicecheck"], capture_output=True,
                              text=True, timeout=300)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from app.core.spec import JobSpec
 from app.services.workers import route
 from app.settings import Settings
 from tests.specs import tiny_spec
+from workers import devicecheck
 from workers.fleet import Fleet, Gpu, Slot, celery_argv, discover_gpus, plan, pool_name
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_smi(tmp_path: Path, output: str, code: int = 0) -> str:
@@ -117,3 +124,20 @@ def test_a_dead_worker_process_is_restarted_and_sigterm_stops_all(tmp_path: Path
     assert sorted(marker.read_text().split()) == ["0", "0", "1"]
     fleet.stop()
     assert all(s.proc is not None and s.proc.returncode == 0 for s in fleet.slots)
+
+
+def test_a_worker_without_a_gpu_checks_for_a_framework_without_importing_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = ("import json, sys; from workers.tasks import device_check; "
+             "print(json.dumps([device_check(), 'torch' in sys.modules, "
+             "'tensorflow' in sys.modules]))")
+    for visible in ("", "-1"):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                             text=True, check=True, cwd=ROOT)
+        verdict, torch_imported, tf_imported = json.loads(out.stdout.strip().splitlines()[-1])
+        assert verdict["ok"] and verdict["device"] == "cpu", verdict
+        assert "torch" in verdict["detail"] and not torch_imported and not tf_imported
+    monkeypatch.setattr(devicecheck, "FRAMEWORK_MODULES", ("no_such_framework",))
+    missing = devicecheck.cpu_check()
+    assert not missing["ok"] and "neither torch nor tensorflow" in missing["detail"]
