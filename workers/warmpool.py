@@ -16,10 +16,11 @@ discarded and the job's runner starts cold.
 The PyTorch spare is a template (`FORKS`, `TRAINERY_FORK_RUNNERS`, Linux): it stays, and
 each job's runner is a fork of it (`python -m workers.spare pytorch --fork`), a process
 of its own that starts in milliseconds instead of importing and warming up again (about
-6 s of CPU). The template is the fork's parent, so it reaps the runner and reports its
-exit code; `ForkedProc` gives the supervisor the Popen calls it makes. TensorFlow starts
-threads of its own at import and in its warm-up, and a fork keeps only the forking
-thread, so the Keras spare runs one job and is replaced, as before.
+6 s of CPU). A job that comes while the template still imports starts cold. The
+template is the fork's parent, so it reaps the runner and reports its exit code;
+`ForkedProc` gives the supervisor the Popen calls it makes. TensorFlow starts threads of
+its own at import and in its warm-up, and a fork keeps only the forking thread, so the
+Keras spare runs one job and is replaced, as before.
 
 A runner's stdout and stderr go to a private file (its tail goes into a failed job's
 events); its log records go to the worker's own stderr, through a copy of that descriptor
@@ -117,6 +118,7 @@ class ForkChannel:
         self.exits: dict[int, int] = {}
         self.replies: list[dict[str, object]] = []
         self.children: set[int] = set()
+        self.ready = False  # the template has imported and warmed up
         self.closed = False
         self._pending = b""
 
@@ -140,6 +142,8 @@ class ForkChannel:
             message = json.loads(line)
             if "exit" in message:
                 self.exits[int(message["exit"])] = int(message["code"])
+            elif "ready" in message:
+                self.ready = True
             else:
                 self.replies.append(message)
 
@@ -277,6 +281,14 @@ class RunnerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def ready(self) -> bool:
+        """Whether this is a template that has imported its framework (it forks at once)."""
+        if self.channel is None:
+            return False
+        if not self.channel.ready:
+            self.channel.read(0)
+        return self.channel.ready
+
     def busy(self) -> bool:
         """Whether this is a template with a runner of its own still running."""
         return self.channel is not None and self.channel.running()
@@ -386,13 +398,20 @@ class WarmPool:
             runner = None
         if runner is not None and runner.channel is not None:  # a template: it stays
             template, runner = runner, None
-            try:
-                runner = template.fork(job_id, attempt, device, context)
-                self.spares[framework] = template
-            except OSError as exc:
-                log.warning("the %s template runner could not fork the job's runner (%s); "
-                            "starting it cold", framework, exc)
-                template.close()
+            self.spares[framework] = template
+            if not template.ready():
+                # Still importing: the job does not wait for it (nor go without the
+                # heartbeats the supervisor sends once its runner runs), it starts cold.
+                log.info("the %s template runner is still importing; job %s starts cold",
+                         framework, job_id)
+            else:
+                try:
+                    runner = template.fork(job_id, attempt, device, context)
+                except OSError as exc:
+                    log.warning("the %s template runner could not fork the job's runner "
+                                "(%s); starting it cold", framework, exc)
+                    del self.spares[framework]
+                    template.close()
         elif runner is not None:
             try:
                 runner.hand(job_id, attempt, device, context)
