@@ -8,10 +8,10 @@ End of input before a job (the worker discarded the spare, or died) ends the pro
 with nothing done.
 
 Plain, a spare runs one job and exits. With `--fork` it is a template: it never runs a
-job itself; once imported it says `{"ready": true}` on its stdout; for each job line
-(which also names the runner's `"log"` file) it forks a child that runs the job,
-answers `{"pid": PID}` there (or `{"error": WHY}`, and forks nothing), and reports
-each child's end as `{"exit": PID, "code": CODE}`
+job itself; for each job line (which also names the runner's `"log"` file), read once it
+has imported, it forks a child that runs the job, answers `{"pid": PID}` on its stdout
+(or `{"error": WHY}`, and forks nothing), and reports each child's end as
+`{"exit": PID, "code": CODE}`
 (`os.waitstatus_to_exitcode`: negative, the signal that killed it). Each job still gets a
 process of its own, a copy of one that imported and warmed up but never ran a job, so
 nothing a job did can reach the next one; the copy costs milliseconds, not the seconds
@@ -123,7 +123,6 @@ class Template:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.selector.register(0, selectors.EVENT_READ, "jobs")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "ends")
-        self._say({"ready": True})
         pending = b""
         while True:
             for key, _ in self.selector.select():

@@ -139,7 +139,8 @@ class Supervisor:
             runner = self.pool.start(spec["framework"], job_id, attempt, self.device, self.worker,
                                      request_id)
         try:
-            log.info("job %s attempt %d: runner pid %d", job_id, attempt, runner.proc.pid)
+            log.info("job %s attempt %d: runner pid %s", job_id, attempt,
+                     runner.proc.pid or "to come (its template is importing)")
             ended, stopped_for = self._watch(runner.proc, job_id, attempt,
                                              time.monotonic() + max_runtime)
             if not ended:

@@ -16,9 +16,10 @@ discarded and the job's runner starts cold.
 The PyTorch spare is a template (`FORKS`, `TRAINERY_FORK_RUNNERS`, Linux): it stays, and
 each job's runner is a fork of it (`python -m workers.spare pytorch --fork`), a process
 of its own that starts in milliseconds instead of importing and warming up again (about
-6 s of CPU). A job that comes while the template still imports starts cold. The
-template is the fork's parent, so it reaps the runner and reports its exit code;
-`ForkedProc` gives the supervisor the Popen calls it makes. TensorFlow starts threads of
+6 s of CPU). A job that comes while the template still imports is forked once it has
+(the supervisor heartbeats meanwhile, as for a runner that imports). The template is the
+fork's parent, so it reaps the runner and reports its exit code; `ForkedProc` gives the
+supervisor the Popen calls it makes. TensorFlow starts threads of
 its own at import and in its warm-up, and a fork keeps only the forking thread, so the
 Keras spare runs one job and is replaced, as before.
 
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -56,7 +58,6 @@ FRAMEWORKS = ("pytorch", "keras")
 # The frameworks whose spare forks each job's runner (workers/spare.py: Template):
 # their import and warm-up leave the process with its main thread alone.
 FORKS = ("pytorch",)
-FORK_REPLY_S = 30.0  # a template that has not answered a job line by then is dropped
 PR_SET_PDEATHSIG = 1
 
 
@@ -111,14 +112,17 @@ def runner_env() -> dict[str, str]:
 
 
 class ForkChannel:
-    """A template's stdout, read by the worker: the pids it forked, and how each ended."""
+    """A template's stdout, read by the worker: the pids it forked, and how each ended.
+
+    The template answers job lines in order, once it has imported: each answer goes to
+    the oldest fork still waiting for one."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.exits: dict[int, int] = {}
-        self.replies: list[dict[str, object]] = []
+        self.waiting: list[ForkedProc] = []
         self.children: set[int] = set()
-        self.ready = False  # the template has imported and warmed up
+        self.refusals = 0  # forks it could not make: a template to replace
         self.closed = False
         self._pending = b""
 
@@ -135,6 +139,10 @@ class ForkChannel:
             self.closed = True
             for pid in self.children - self.exits.keys():
                 self.exits[pid] = -signal.SIGKILL
+            for fork in self.waiting:
+                fork.refused("the template runner exited before it forked this runner")
+            self.refusals += len(self.waiting)
+            self.waiting.clear()
             return
         self._pending += data
         while b"\n" in self._pending:
@@ -142,31 +150,62 @@ class ForkChannel:
             message = json.loads(line)
             if "exit" in message:
                 self.exits[int(message["exit"])] = int(message["code"])
-            elif "ready" in message:
-                self.ready = True
+            elif "pid" in message:
+                self.children.add(int(message["pid"]))
+                self.waiting.pop(0).forked(int(message["pid"]))
             else:
-                self.replies.append(message)
+                self.refusals += 1
+                self.waiting.pop(0).refused(f"the template runner forked nothing: "
+                                            f"{message.get('error')}")
 
     def running(self) -> bool:
-        """Whether a child the template forked has not been reported ended yet."""
+        """Whether a runner of this template waits to be forked or has not ended."""
         if not self.closed:
             self.read(0)
-        return bool(self.children - self.exits.keys())
+        return bool(self.waiting) or bool(self.children - self.exits.keys())
 
 
 class ForkedProc:
-    """A runner a template forked, behind the Popen calls the supervisor makes (wait,
-    poll, kill, signal); its exit code comes from the template, its parent."""
+    """A runner a template forks, behind the Popen calls the supervisor makes (wait, poll,
+    kill, signal); its pid comes once the template has forked it (after its import, when
+    the job came first), its exit code from the template, its parent. If the template
+    cannot fork it (it died, or runs a thread a fork would not copy), the job's runner
+    starts cold instead (`cold`), and this stands for that process."""
 
-    def __init__(self, channel: ForkChannel, pid: int) -> None:
-        self.channel, self.pid = channel, pid
+    def __init__(self, channel: ForkChannel, log_file: IO[bytes],
+                 cold: Callable[[], subprocess.Popen[bytes]]) -> None:
+        self.channel, self.log_file, self._cold_start = channel, log_file, cold
+        self.pid: int | None = None
+        self._cold: subprocess.Popen[bytes] | None = None
+        self._killed = False  # killed before it was forked: it never runs
+        self._deferred: int | None = None  # a signal sent before the pid was known
+
+    def forked(self, pid: int) -> None:
+        self.pid = pid
+        if self._deferred is not None:
+            self.send_signal(self._deferred)
+
+    def refused(self, why: str) -> None:
+        if self._killed:
+            return
+        log.warning("%s; starting the job's runner cold", why)
+        self.log_file.write(f"{why}; started cold\n".encode())  # the runner's log goes on
+        self.log_file.flush()
+        self._cold = self._cold_start()
+        self.pid = self._cold.pid
+        if self._deferred is not None:
+            self._cold.send_signal(self._deferred)
 
     @property
     def returncode(self) -> int | None:
-        return self.channel.exits.get(self.pid)
+        if self._cold is not None:
+            return self._cold.poll()
+        if self._killed:
+            return -signal.SIGKILL
+        return None if self.pid is None else self.channel.exits.get(self.pid)
 
     def poll(self) -> int | None:
-        if self.returncode is None:
+        if self.returncode is None and self._cold is None:
             self.channel.read(0)
         return self.returncode
 
@@ -176,18 +215,48 @@ class ForkedProc:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
+            if self._cold is not None:
+                return self._cold.wait(left)
             self.channel.read(left)
         return code
 
     def send_signal(self, sig: int) -> None:
-        # Its pid is not reused before the template has reaped it, and the template
-        # says so before anything else: an ended runner is never signalled.
-        if self.poll() is None:
+        if self.poll() is not None:
+            return
+        if self._cold is not None:
+            self._cold.send_signal(sig)
+        elif self.pid is None:
+            if sig == signal.SIGKILL:  # not forked yet: the template goes, and the fork
+                self._killed = True  # with it (the pool starts another)
+                self.channel.proc.kill()
+            else:
+                self._deferred = sig
+        else:
+            # Its pid is not reused before the template has reaped it, and the template
+            # says so before anything else: an ended runner is never signalled.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def start_process(python: str, argv: list[str], env: dict[str, str], log_fd: int | None,
+                  memory_bytes: int | None, stdout: int | IO[bytes], stderr: IO[bytes],
+                  stdin: int | None = None) -> subprocess.Popen[bytes]:
+    """A runner-side process (spare, template or runner) of this worker: inherits log_fd,
+    dies with the worker, has its data segment capped at memory_bytes (None: no cap)."""
+    return subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
+                            stdout=stdout, stderr=stderr,
+                            pass_fds=() if log_fd is None else (log_fd,),
+                            preexec_fn=functools.partial(runner_preexec, memory_bytes))
+
+
+def runner_argv(job_id: str, attempt: int, result: Path, device: str,
+                context: RunContext) -> list[str]:
+    """A cold runner's arguments: `-m workers.runner JOB ATTEMPT RESULT DEVICE CONTEXT`."""
+    return ["-m", "workers.runner", job_id, str(attempt), str(result), device,
+            context.to_arg()]
 
 
 @dataclass
@@ -202,6 +271,8 @@ class RunnerProcess:
     log_file: IO[bytes]
     job: str | None = field(default=None)
     channel: ForkChannel | None = field(default=None)  # a template's: its children
+    log_fd: int | None = field(default=None)
+    memory_bytes: int | None = field(default=None)
 
     @classmethod
     def spawn(cls, framework: str, python: str, env: dict[str, str], log_fd: int | None,
@@ -221,48 +292,37 @@ class RunnerProcess:
                 argv.append("--fork")
                 stdout = subprocess.PIPE  # the channel; its stderr still goes to the log
         else:
-            result = Path(tmp.name) / "result.json"
-            argv, stdin = ["-m", "workers.runner", job[0], str(job[1]), str(result), job[2],
-                           job[3].to_arg()], None
-        proc = subprocess.Popen([python, *argv], cwd=PROJECT_ROOT, env=env, stdin=stdin,
-                                stdout=stdout, stderr=log_file,
-                                pass_fds=() if log_fd is None else (log_fd,),
-                                preexec_fn=functools.partial(runner_preexec, memory_bytes))
+            argv = runner_argv(*job[:2], Path(tmp.name) / "result.json", *job[2:])
+            stdin = None
+        proc = start_process(python, argv, env, log_fd, memory_bytes, stdout, log_file, stdin)
         return cls(framework, python, env, proc, tmp, log_file, job[0] if job else None,
-                   ForkChannel(proc) if fork else None)
+                   ForkChannel(proc) if fork else None, log_fd, memory_bytes)
 
     def fork(self, job_id: str, attempt: int, device: str,
              context: RunContext) -> RunnerProcess:
-        """A runner for the job, forked by this template; OSError if the template cannot."""
+        """A runner for the job, forked by this template as soon as it has imported (at
+        once if it has); OSError if the template is gone."""
         stdin = self.popen.stdin
         assert self.channel is not None and stdin is not None
         tmp = tempfile.TemporaryDirectory(prefix="trainery-")
-        log_file = (Path(tmp.name) / "runner.log").open("wb")
+        log_path = Path(tmp.name) / "runner.log"
+        log_file = log_path.open("wb")
         result = Path(tmp.name) / "result.json"
         line = {"argv": [job_id, str(attempt), str(result), device, context.to_arg()],
-                "handed_at": time.time(), "log": str(Path(tmp.name) / "runner.log")}
+                "handed_at": time.time(), "log": str(log_path)}
         try:
             stdin.write(json.dumps(line).encode() + b"\n")
             stdin.flush()
-            deadline = time.monotonic() + FORK_REPLY_S
-            while not self.channel.replies and not self.channel.closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OSError(f"the template did not answer within {FORK_REPLY_S:.0f}s")
-                self.channel.read(left)
-            if not self.channel.replies:
-                raise OSError(f"the template exited ({self.popen.wait()})")
-            reply = self.channel.replies.pop(0)
-            if "pid" not in reply:
-                raise OSError(f"the template forked nothing: {reply.get('error')}")
-        except (OSError, ValueError):
+        except OSError:
             log_file.close()
             tmp.cleanup()
             raise
-        pid = int(str(reply["pid"]))
-        self.channel.children.add(pid)
-        return RunnerProcess(self.framework, self.python, self.env,
-                             ForkedProc(self.channel, pid), tmp, log_file, job_id)
+        cold = functools.partial(
+            start_process, self.python, runner_argv(job_id, attempt, result, device, context),
+            self.env, self.log_fd, self.memory_bytes, log_file, log_file)
+        proc = ForkedProc(self.channel, log_file, cold)
+        self.channel.waiting.append(proc)
+        return RunnerProcess(self.framework, self.python, self.env, proc, tmp, log_file, job_id)
 
     @property
     def popen(self) -> subprocess.Popen[bytes]:
@@ -281,16 +341,8 @@ class RunnerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def ready(self) -> bool:
-        """Whether this is a template that has imported its framework (it forks at once)."""
-        if self.channel is None:
-            return False
-        if not self.channel.ready:
-            self.channel.read(0)
-        return self.channel.ready
-
     def busy(self) -> bool:
-        """Whether this is a template with a runner of its own still running."""
+        """Whether this is a template with a runner of its own to fork or still running."""
         return self.channel is not None and self.channel.running()
 
     def hand(self, job_id: str, attempt: int, device: str, context: RunContext) -> None:
@@ -360,6 +412,10 @@ class WarmPool:
                         spare.framework, spare.proc.returncode,
                         spare.log_path.read_text(errors="replace")[-2000:])
             return False
+        if spare.channel is not None and spare.channel.refusals:
+            log.warning("the %s template runner could not fork a runner; starting a fresh "
+                        "one", spare.framework)
+            return False
         if spare.env != runner_env() or spare.python != self.python:
             log.info("the %s spare runner's environment is stale; starting a fresh one",
                      spare.framework)
@@ -398,20 +454,13 @@ class WarmPool:
             runner = None
         if runner is not None and runner.channel is not None:  # a template: it stays
             template, runner = runner, None
-            self.spares[framework] = template
-            if not template.ready():
-                # Still importing: the job does not wait for it (nor go without the
-                # heartbeats the supervisor sends once its runner runs), it starts cold.
-                log.info("the %s template runner is still importing; job %s starts cold",
-                         framework, job_id)
-            else:
-                try:
-                    runner = template.fork(job_id, attempt, device, context)
-                except OSError as exc:
-                    log.warning("the %s template runner could not fork the job's runner "
-                                "(%s); starting it cold", framework, exc)
-                    del self.spares[framework]
-                    template.close()
+            try:
+                runner = template.fork(job_id, attempt, device, context)
+                self.spares[framework] = template
+            except OSError as exc:  # it died since _usable looked
+                log.warning("the %s template runner is gone (%s); starting the job's "
+                            "runner cold", framework, exc)
+                template.close()
         elif runner is not None:
             try:
                 runner.hand(job_id, attempt, device, context)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,12 +68,12 @@ def test_same_spec_on_one_worker_gives_identical_metrics_each_from_its_own_spare
         assert 0 <= start["runner_started_s"] <= start["data_ready_s"] \
             <= start["model_ready_s"] <= start["first_step_s"]
         # Its runner is a fork of the template the worker started before the job was
-        # claimed: spawned and imported then, forked after the claim. (The first job
-        # may come while the template still imports: its runner then starts cold.)
-        if i > 0 or "forked_s" in start:
-            assert start["warm"] is True, start
-            assert start["spawned_s"] < start["imported_s"] < 0 <= start["forked_s"] \
-                <= start["runner_started_s"], start
+        # claimed: spawned then, forked after the claim once the template had imported
+        # (the first job may come while it still imports, and waits for it).
+        assert start["spawned_s"] < 0 <= start["forked_s"] <= start["runner_started_s"], start
+        assert start["imported_s"] <= start["forked_s"], start
+        if i > 0:
+            assert start["warm"] is True and start["imported_s"] < 0, start
     assert len(pids) == len(jobs)  # one process per job
     assert not {int(pid) for pid in pids} & set(runner_processes(worker.pid))  # all ended
 
@@ -155,3 +156,44 @@ def test_a_spare_whose_environment_changed_is_replaced(monkeypatch: pytest.Monke
     finally:
         pool.close()
     assert new.proc.returncode is not None and not pool.spares
+
+
+def test_a_runner_waiting_for_its_template_is_killed_with_it_or_starts_cold_without_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A job handed to a template that still imports waits for its fork; killed meanwhile
+    (a cancel, a timeout), it never runs and the template goes; if the template dies
+    first, the job's runner starts cold; either way the next job gets a fresh template."""
+    from app.settings import Settings
+    from workers.warmpool import ForkedProc, WarmPool
+
+    # The cold runner below runs for a job no store has: it fails, in this directory.
+    monkeypatch.setenv("TRAINERY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TRAINERY_DATABASE_URL", f"sqlite:///{tmp_path / 'none.db'}")
+    pool = WarmPool(Settings(warm_runners="pytorch"))
+    try:
+        pool.fill()
+        template = pool.spares["pytorch"]
+        waiting = pool.start("pytorch", "job_never_forked", 1, "cpu")
+        assert isinstance(waiting.proc, ForkedProc) and waiting.proc.pid is None  # importing
+        waiting.proc.kill()
+        assert waiting.proc.wait(timeout=30) == -signal.SIGKILL
+        assert template.proc.wait(timeout=30) is not None  # the template went with it
+        waiting.close()
+
+        pool.fill()
+        second = pool.spares["pytorch"]
+        assert second is not template and second.alive()
+        orphan = pool.start("pytorch", "job_started_cold", 1, "cpu")
+        assert isinstance(orphan.proc, ForkedProc) and orphan.proc.pid is None
+        second.proc.kill()  # dies before it forked the runner
+        code = orphan.proc.wait(timeout=240)
+        assert code > 0 and orphan.proc.pid is not None  # a cold runner ran, and failed
+        assert b"exited before it forked this runner; started cold" in \
+            orphan.log_path.read_bytes()
+        orphan.close()
+
+        pool.fill()
+        third = pool.spares["pytorch"]
+        assert third is not second and third.alive()
+    finally:
+        pool.close()
