@@ -121,6 +121,10 @@ class Template:
         # itself never touches: Python writes the signal's number there.
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        # A terminal's Ctrl-C reaches the worker's whole process group: the worker stops
+        # its runner and then this template itself; were the template to die first, its
+        # running child would die with it (PDEATHSIG) before it could stop at a batch.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.selector.register(0, selectors.EVENT_READ, "jobs")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "ends")
         pending = b""
@@ -167,6 +171,8 @@ class Template:
             try:
                 self._become_runner(parent, str(job["log"]))
                 code = run_job(job)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:  # noqa: BLE001 - whatever it was, the runner ends here
                 traceback.print_exc()
             finally:
@@ -188,6 +194,7 @@ class Template:
             os._exit(1)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a runner's own
         self.selector.close()
         for fd in (self.wake_r, self.wake_w):
             os.close(fd)
