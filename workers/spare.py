@@ -24,7 +24,6 @@ thread of their own fork (`workers.warmpool.FORKS`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import json
 import logging
@@ -40,7 +39,6 @@ from typing import IO, Any
 import setproctitle
 
 _SPAWNED = time.time()
-PR_SET_PDEATHSIG = 1
 log = logging.getLogger(__name__)
 
 
@@ -187,9 +185,9 @@ class Template:
         """In the child: dies with the template (and so with the worker), keeps none of
         the template's descriptors, writes to its own log."""
         from workers.phases import PHASES
+        from workers.warmpool import runner_preexec
 
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        runner_preexec(None)  # PDEATHSIG, as every runner; the template's data cap stays
         if os.getppid() != parent:  # the template died before the prctl
             os._exit(1)
         signal.set_wakeup_fd(-1)

@@ -19,9 +19,9 @@ of its own that starts in milliseconds instead of importing and warming up again
 6 s of CPU). A job that comes while the template still imports is forked once it has
 (the supervisor heartbeats meanwhile, as for a runner that imports). The template is the
 fork's parent, so it reaps the runner and reports its exit code; `ForkedProc` gives the
-supervisor the Popen calls it makes. TensorFlow starts threads of
-its own at import and in its warm-up, and a fork keeps only the forking thread, so the
-Keras spare runs one job and is replaced, as before.
+supervisor the Popen calls it makes. TensorFlow starts threads of its own at import and
+in its warm-up, and a fork keeps only the forking thread, so the Keras spare runs one job
+and is replaced, as before.
 
 A runner's stdout and stderr go to a private file (its tail goes into a failed job's
 events); its log records go to the worker's own stderr, through a copy of that descriptor
@@ -307,9 +307,8 @@ class RunnerProcess:
         tmp = tempfile.TemporaryDirectory(prefix="trainery-")
         log_path = Path(tmp.name) / "runner.log"
         log_file = log_path.open("wb")
-        result = Path(tmp.name) / "result.json"
-        line = {"argv": [job_id, str(attempt), str(result), device, context.to_arg()],
-                "handed_at": time.time(), "log": str(log_path)}
+        argv = runner_argv(job_id, attempt, Path(tmp.name) / "result.json", device, context)
+        line = {"argv": argv[2:], "handed_at": time.time(), "log": str(log_path)}
         try:
             stdin.write(json.dumps(line).encode() + b"\n")
             stdin.flush()
@@ -317,9 +316,8 @@ class RunnerProcess:
             log_file.close()
             tmp.cleanup()
             raise
-        cold = functools.partial(
-            start_process, self.python, runner_argv(job_id, attempt, result, device, context),
-            self.env, self.log_fd, self.memory_bytes, log_file, log_file)
+        cold = functools.partial(start_process, self.python, argv, self.env, self.log_fd,
+                                 self.memory_bytes, log_file, log_file)
         proc = ForkedProc(self.channel, log_file, cold)
         self.channel.waiting.append(proc)
         return RunnerProcess(self.framework, self.python, self.env, proc, tmp, log_file, job_id)
