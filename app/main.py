@@ -58,12 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.blobstore = open_store(app.state.sessionmaker, s)
         app.state.celery = make_celery(s)
-        app.state.event_hub = EventHub(app.state.sessionmaker)
+        # The reads made under load (polls, followers' ticks) share a reader without a thread.
+        polls_engine = async_reader(s.resolved_database_url())
+        reads_factory = make_sessionmaker(reader(engine))
+        app.state.event_hub = EventHub(reads_factory, async_engine=polls_engine)
         app.state.event_hub.start()
         app.state.fleet = FleetSnapshot(s.worker_lost_after_s)
         app.state.job_cache = PublicCache(s.job_cache_entries)
-        polls_engine = async_reader(s.resolved_database_url())
-        app.state.polls = Polls(make_sessionmaker(reader(engine)), app.state.admission, s,
+        app.state.polls = Polls(reads_factory, app.state.admission, s,
                                 app.state.fleet, app.state.job_cache, polls_engine)
         if polls_engine is not None:
             count_statements(app.state.polls.engine)

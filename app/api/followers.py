@@ -3,8 +3,9 @@
 Why: a follower that polls the store itself makes N followers cost N queries per
 poll (500 open dashboards were 1,000 queries a second on a starved threadpool).
 Here one task reads each followed job's new events and status once per tick, in
-one short session for all of them, and wakes that job's followers: database reads
-per second depend on how many jobs are followed, not on how many follow them.
+one short session for all of them (without a thread: app/api/loop_reads.py), and
+wakes that job's followers: database reads per second depend on how many jobs are
+followed, not on how many follow them.
 A follower reads the store itself only to catch up: when it asks for history
 older than its job's feed holds (a resume with Last-Event-ID, after=0 on a long
 job) or when it fell further behind than the feed's buffer.
@@ -19,10 +20,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.loop_reads import LoopReads
 from app.core.states import JobStatus
 from app.models import Job, JobEvent
 from app.schemas.jobs import EventPublic
@@ -197,35 +199,38 @@ class Feed:
             self.signal = Signal(self.wakeups)
 
 
-def read_feeds(factory: sessionmaker[Session], wanted: Sequence[tuple[str, int | None]]
+def read_feeds(session: Session, wanted: Sequence[tuple[str, int | None]]
                ) -> dict[str, Reading]:
-    """One tick's reads, in one short session: (job id, last id read or None at first)."""
-    with factory() as session:
-        # Status first: a terminal status's events were committed with it or before it,
-        # so the event reads that follow see them all.
-        statuses = dict(session.execute(
-            select(Job.id, Job.status).where(Job.id.in_([j for j, _ in wanted]))).tuples().all())
-        readings = {}
-        for job_id, after in wanted:
-            terminal = job_id not in statuses or JobStatus(statuses[job_id]).is_terminal
-            if after is None:
-                # The latest BUFFER events: followers after any of them need no read of their own.
-                frames = list(reversed([to_frame(e) for e in session.scalars(
-                    select(JobEvent).where(JobEvent.job_id == job_id)
-                    .order_by(JobEvent.id.desc()).limit(BUFFER))]))
-                covered = 0 if len(frames) < BUFFER else frames[0].id - 1
-                readings[job_id] = Reading(frames, terminal, covered)
-            else:
-                frames = read_after(session, job_id, after)
-                readings[job_id] = Reading(frames, terminal and len(frames) < READ_LIMIT)
-        return readings
+    """One tick's reads: (job id, last id read or None at first)."""
+    # Status first: a terminal status's events were committed with it or before it, so the
+    # event reads that follow (each statement seeing what was committed when it ran) see
+    # them all.
+    statuses = dict(session.execute(
+        select(Job.id, Job.status).where(Job.id.in_([j for j, _ in wanted]))).tuples().all())
+    readings = {}
+    for job_id, after in wanted:
+        terminal = job_id not in statuses or JobStatus(statuses[job_id]).is_terminal
+        if after is None:
+            # The latest BUFFER events: followers after any of them need no read of their own.
+            frames = list(reversed([to_frame(e) for e in session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id)
+                .order_by(JobEvent.id.desc()).limit(BUFFER))]))
+            covered = 0 if len(frames) < BUFFER else frames[0].id - 1
+            readings[job_id] = Reading(frames, terminal, covered)
+        else:
+            frames = read_after(session, job_id, after)
+            readings[job_id] = Reading(frames, terminal and len(frames) < READ_LIMIT)
+    return readings
 
 
 class EventHub:
-    """The process's feeds, and the task that reads them each tick."""
+    """The process's feeds, and the task that reads them each tick: without a thread
+    (app/api/loop_reads.py), as the polls' rounds: a tick in the threadpool took turns at
+    the GIL from the event loop while it served polls (bench/service.py, SSE)."""
 
-    def __init__(self, factory: sessionmaker[Session], poll_s: float = POLL_S) -> None:
-        self.factory = factory
+    def __init__(self, factory: sessionmaker[Session], poll_s: float = POLL_S,
+                 async_engine: AsyncEngine | None = None) -> None:
+        self.reads = LoopReads(factory, async_engine)
         self.poll_s = poll_s
         self.feeds: dict[str, Feed] = {}
         self.wakeups = Wakeups()  # one queue of followers to wake for all the feeds
@@ -272,7 +277,7 @@ class EventHub:
             return
         wanted = [(f.job_id, None if f.covered_after is None else f.last_id) for f in live]
         try:
-            readings = await run_in_threadpool(read_feeds, self.factory, wanted)
+            readings = await self.reads.run(lambda session: read_feeds(session, wanted))
         except Exception:  # noqa: BLE001 - a store hiccup: followers keep waiting, next tick retries
             log.exception("reading %d followed jobs failed", len(wanted))
             return

@@ -9,8 +9,8 @@ at once; polls that arrive while one runs wait for the next, which reads for all
 them on one connection: the API keys they carry in one statement, the jobs they ask
 for in one statement (each job serialized once, however many ask for it), and each
 distinct page once. Under load a round serves dozens of polls; alone, a poll costs
-what it did before. A round runs without a thread (_read_round): on PostgreSQL on the
-async driver, on SQLite on the event loop.
+what it did before. A round runs without a thread (app/api/loop_reads.py): on
+PostgreSQL on the async driver, on SQLite on the event loop.
 
 Never staler than its own read: a round starts after every poll it answers arrived,
 so a poll sees every write committed before it was sent (a client's own cancel, say).
@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.admission import Admission
 from app.api.credentials import Credential
+from app.api.loop_reads import LoopReads
 from app.core.errors import DomainError, JobNotFound, ServiceBusy
 from app.schemas.jobs import JobsPublic
 from app.services import jobs as job_service
@@ -78,12 +77,11 @@ class Polls:
     def __init__(self, factory: sessionmaker[Session], admission: Admission,
                  settings: Settings, fleet: FleetSnapshot, job_cache: PublicCache,
                  async_engine: AsyncEngine | None = None) -> None:
-        self.factory, self.admission, self.settings = factory, admission, settings
+        self.admission, self.settings = admission, settings
+        self.reads = LoopReads(factory, async_engine)
         self.async_engine = async_engine
-        bind = factory.kw["bind"]
-        self.inline = async_engine is None and bind.dialect.name == "sqlite"
         # The engine whose events see the rounds' statements (metrics, tests).
-        self.engine: Engine = async_engine.sync_engine if async_engine is not None else bind
+        self.engine: Engine = self.reads.engine
         self.fleet, self.job_cache = fleet, job_cache
         self._next: dict[Poll, list[asyncio.Future[bytes]]] = {}
         self._waiting = 0
@@ -140,26 +138,9 @@ class Polls:
         return polls
 
     async def _read_round(self, polls: list[Poll]) -> dict[Poll, Answer]:
-        """Where a round waits least: without a thread (whose hop, and whose turns at
-        the GIL while the event loop is busy, cost more than the round's reads)."""
-        if self.async_engine is not None:  # PostgreSQL: its async driver, in a greenlet
-            try:
-                async with AsyncSession(self.async_engine) as session:
-                    return await session.run_sync(self._read_in, polls)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-            # The server had dropped the connection (a restart, an idle timeout); the
-            # pool has discarded it and its like: a read is safe to send again, once.
-            async with AsyncSession(self.async_engine) as session:
-                return await session.run_sync(self._read_in, polls)
-        if self.inline:  # SQLite: index reads of a local file, WAL: never waits on a writer
-            return self._read(polls)
-        return await run_in_threadpool(self._read, polls)
-
-    def _read(self, polls: list[Poll]) -> dict[Poll, Answer]:
-        with self.factory() as session:
-            return self._read_in(session, polls)
+        """Without a thread (app/api/loop_reads.py): a round's reads cost less than the
+        hop, and than the thread's turns at the GIL while the event loop is busy."""
+        return await self.reads.run(lambda session: self._read_in(session, polls))
 
     def _read_in(self, session: Session, polls: list[Poll]) -> dict[Poll, Answer]:
         """One round: every poll's answer, or the error it answers with."""

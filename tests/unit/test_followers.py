@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.followers import BUFFER, WAKE_BATCH, EventHub, Signal, Wakeups, read_after
 from app.core.spec import JobSpec
 from app.core.states import JobStatus
-from app.db import transaction
+from app.db import async_reader, make_sessionmaker, reader, transaction
 from app.services import jobs, lifecycle
 from app.services.unit_of_work import UnitOfWork
 from app.settings import Limits
@@ -46,11 +46,21 @@ def test_one_read_per_tick_and_the_buffer_bounds(factory: sessionmaker[Session])
     def count(*args: Any) -> None:
         statements.append(args[2])
 
-    engine = factory.kw["bind"]
+    # The hub as the API makes it: a reader, on PostgreSQL on the async driver.
+    bind = factory.kw["bind"]
+    hub = EventHub(make_sessionmaker(reader(bind)),
+                   async_engine=async_reader(bind.url.render_as_string(hide_password=False)))
+    engine = hub.reads.engine
     event.listen(engine, "before_cursor_execute", count)
 
     async def scenario() -> None:
-        hub = EventHub(factory)
+        try:
+            await followed()
+        finally:
+            if hub.reads.async_engine is not None:  # closed in the loop that opened it
+                await hub.reads.async_engine.dispose()
+
+    async def followed() -> None:
         async with hub.follow(job_id) as feed, hub.follow(job_id) as same:
             assert feed is same and feed.since(0) is None  # not read yet
             await hub.tick(hub.feeds.values())
