@@ -100,7 +100,7 @@ def async_reader(url: str, pool_size: int = 2) -> AsyncEngine | None:
 
     No ping at checkout (pool_pre_ping): a round of polls is a statement or two, and the
     ping was one more round trip to the server in each. A round that meets a connection
-    the server dropped reads again on a fresh one instead (Polls._read_round), as the
+    the server dropped reads again on a fresh one instead (LoopReads.run), as the
     ping would have had it."""
     if url.startswith("sqlite"):
         return None
