@@ -11,7 +11,8 @@ then the same PyTorch jobs on a worker with TRAINERY_FORK_RUNNERS=false (a spare
 job instead of forks of a template), and, unless --cold-jobs 0, on a worker with
 TRAINERY_WARM_RUNNERS=off. Beside the latencies it prints the CPU time the machine spent
 per measured job (all processes, from /proc/stat: the API, the worker, the runner, and
-replacing the spare the job used), which is what a busy worker pays per job.
+replacing the spare the job used), which is what a busy worker pays per job, and each
+job's time from its submit to its end (its exports included).
 
     python -m bench.start_latency [--jobs 12] [--frameworks pytorch,keras] [--cold-jobs 3]
 """
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,9 @@ def wait_spare_ready(worker_pid: int, framework: str, timeout: float = 180) -> N
 
 
 def run_job(stack: Stack, spec: dict[str, Any]) -> dict[str, Any]:
-    """Submit spec, wait for it; its start phases (seconds since the claim)."""
+    """Submit spec, wait for it; its start phases (seconds since the claim), and under
+    "done_s" the seconds from its submit to its end (created_at -> finished_at: the
+    whole job, its exports included, as its user waits for its model)."""
     job = stack.submit(spec)
     done = stack.wait(job["id"], timeout=300)
     assert done["status"] == "succeeded", done
@@ -80,7 +84,9 @@ def run_job(stack: Stack, spec: dict[str, Any]) -> dict[str, Any]:
     starts = [e["data"]["start"] for e in events
               if e["message"].startswith("first optimizer step")]
     assert len(starts) == 1, [e["message"] for e in events]
-    return starts[0]  # type: ignore[no-any-return]
+    ended = datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(
+        done["created_at"])
+    return {**starts[0], "done_s": ended.total_seconds()}
 
 
 def latency(start: dict[str, Any]) -> float:
@@ -106,9 +112,10 @@ def report(label: str, measured: Measured) -> None:
     lat = [latency(s) for s in starts]
     p50, p95 = statistics.median(lat), percentile(lat, 0.95)
     warm = sum(bool(s["warm"]) for s in starts)
+    done = statistics.median(s["done_s"] for s in starts)
     print(f"  {label}: n={len(lat)} warm={warm}  p50 {p50:.3f}s  p95 {p95:.3f}s  "
           f"p95/p50 {p95 / p50:.2f}  min {min(lat):.3f}s  max {max(lat):.3f}s  "
-          f"CPU {measured.cpu_s / len(starts):.2f}s a job")
+          f"CPU {measured.cpu_s / len(starts):.2f}s a job  submit -> succeeded p50 {done:.2f}s")
     parts = [f"claim {statistics.median(-s['queued_s'] for s in starts):.3f}"]
     for phase in PHASES:
         values = [s[f"{phase}_s"] - s["queued_s"] for s in starts if f"{phase}_s" in s]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -34,6 +35,17 @@ def safetensors_bytes(model: nn.Module) -> bytes:
 
 
 ONNX_OPSET = 17
+
+
+def preload_onnx() -> None:
+    """Import the `onnx` package, which torch.onnx.export imports at its first call: a
+    second of CPU (bench/start_latency.py) that a spare or a template pays once, before
+    its jobs, instead of each job at its end. Not onnxruntime (check_onnx): its import
+    starts a thread of its own, which a forked child would lack (and a lock it held would
+    stay held there); importing it costs the job a few hundredths of a second. Without
+    onnx installed, nothing: the export reports why it has no ONNX file."""
+    with contextlib.suppress(ImportError):
+        import onnx  # noqa: F401
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor, output_name: str) -> bytes:

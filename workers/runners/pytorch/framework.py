@@ -16,7 +16,12 @@ from workers.runners.onnx_artifact import output_name, save_onnx
 from workers.runners.pytorch.backend import TorchBackend, resolve_device
 from workers.runners.pytorch.build import build_model
 from workers.runners.pytorch.distributed import join_group
-from workers.runners.pytorch.export import onnx_bytes, safetensors_bytes, torchscript_bytes
+from workers.runners.pytorch.export import (
+    onnx_bytes,
+    preload_onnx,
+    safetensors_bytes,
+    torchscript_bytes,
+)
 from workers.training.replicas import Replicas
 
 INPUT_NOTE = "torch.jit.load(path); model(x) with x as the dataset holds it, normalisation inside"
@@ -46,11 +51,14 @@ def setup(spec: JobSpec, device: str, replicas: Replicas) -> tuple[torch.device,
 
 def warm_up() -> None:
     """A throwaway optimizer step on the CPU, in a spare before its job: the first
-    optimizer imports torch._dynamo (seconds). The job reseeds every generator first."""
+    optimizer imports torch._dynamo (seconds). The job reseeds every generator first.
+    And the ONNX exporter's package (export.preload_onnx): every job ends with an
+    export, which imported it."""
     layer = torch.nn.Linear(2, 1)
     optimizer = torch.optim.Adam(layer.parameters())
     layer(torch.zeros(1, 2)).sum().backward()
     optimizer.step()
+    preload_onnx()
 
 
 def make_backend(spec: JobSpec, data: Dataset, model_args: ModelArgs,
