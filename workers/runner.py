@@ -37,6 +37,7 @@ from app.observability.logging import configure_logging
 from app.settings import Settings, get_settings
 from workers import faults
 from workers.errors import Superseded, UserError
+from workers.exits import exit_with
 from workers.phases import PHASES
 from workers.reporting import JobReporter, ReplicaReporter
 from workers.runners import FRAMEWORKS
@@ -201,4 +202,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_with(lambda: main(sys.argv[1:]))

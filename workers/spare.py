@@ -33,10 +33,11 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from typing import IO, Any
 
 import setproctitle
+
+from workers.exits import exit_with
 
 _SPAWNED = time.time()
 log = logging.getLogger(__name__)
@@ -165,21 +166,12 @@ class Template:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the job's runner
-            code = 1
-            try:
-                self._become_runner(parent, str(job["log"]))
-                code = run_job(job)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # noqa: BLE001 - whatever it was, the runner ends here
-                traceback.print_exc()
-            finally:
-                logging.shutdown()
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
+            exit_with(lambda: self._run_child(parent, job))
         self._say({"pid": pid})
+
+    def _run_child(self, parent: int, job: dict[str, Any]) -> int:
+        self._become_runner(parent, str(job["log"]))
+        return run_job(job)
 
     def _become_runner(self, parent: int, log_path: str) -> None:
         """In the child: dies with the template (and so with the worker), keeps none of
@@ -208,4 +200,4 @@ class Template:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_with(lambda: main(sys.argv[1:]))

@@ -23,7 +23,7 @@ from workers.runners.tfkeras.backend import (
 )
 from workers.runners.tfkeras.build import build_model
 from workers.runners.tfkeras.export import keras_bytes
-from workers.runners.tfkeras.onnx_export import onnx_bytes
+from workers.runners.tfkeras.onnx_export import onnx_bytes, preload_onnx
 from workers.training.replicas import Replicas
 
 INPUT_NOTE = ("keras.models.load_model(path); model(x) or model.predict(x) with x as the dataset "
@@ -69,8 +69,10 @@ def warm_up() -> None:
     (cached per process, seconds; the job's own model still traces, in a fraction of
     that). The job then seeds every generator itself (setup). With a GPU visible
     nothing runs: an op would take a CUDA context in an idle spare, before the job's
-    configure_devices.
+    configure_devices. On any host it imports what the job's ONNX export imports
+    (onnx_export.preload_onnx; no op runs).
     """
+    preload_onnx()
     if tf.config.list_physical_devices("GPU"):
         return
     configure_devices("cpu")

@@ -12,6 +12,7 @@ emits TensorFlow's Erfc (Keras 3's exact gelu) as an ONNX op that does not exist
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -31,6 +32,16 @@ def _erfc(ctx: Any, node: Any, name: str, _args: list[Any]) -> None:
     one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
     node.type = "Sub"
     ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def preload_onnx() -> None:
+    """Import the converter and the checker every job's ONNX export imports (tf2onnx,
+    onnxruntime): a Keras spare pays it before its job, not the job at its end. Without
+    them installed, nothing: the export reports why it has no ONNX file."""
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+        from tf2onnx import tf_loader  # noqa: F401
 
 
 def onnx_bytes(model: keras.Model, example: np.ndarray, output_name: str) -> bytes:
