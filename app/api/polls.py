@@ -79,13 +79,19 @@ class Polls:
                  async_engine: AsyncEngine | None = None) -> None:
         self.admission, self.settings = admission, settings
         self.reads = LoopReads(factory, async_engine)
-        self.async_engine = async_engine
-        # The engine whose events see the rounds' statements (metrics, tests).
-        self.engine: Engine = self.reads.engine
         self.fleet, self.job_cache = fleet, job_cache
         self._next: dict[Poll, list[asyncio.Future[bytes]]] = {}
         self._waiting = 0
         self._round: asyncio.Task[None] | None = None
+
+    @property
+    def async_engine(self) -> AsyncEngine | None:
+        return self.reads.async_engine
+
+    @property
+    def engine(self) -> Engine:
+        """The engine whose events see the rounds' statements (metrics, tests)."""
+        return self.reads.engine
 
     async def answer(self, poll: Poll) -> bytes:
         """The JSON answer to poll, read by a round that starts after this call."""
